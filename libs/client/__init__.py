@@ -1,0 +1,1 @@
+"""ATAS harness client: report executions and results to the ingest API."""

@@ -1,0 +1,1 @@
+"""ATAS shared library: configuration, logging, metrics, database, auth, events and the app skeleton."""

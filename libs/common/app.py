@@ -1,0 +1,212 @@
+"""The aiohttp skeleton every service shares.
+
+* ``/healthz`` (the process is alive), ``/readyz`` (its dependencies answer and it is not draining),
+  ``/metrics`` (Prometheus);
+* a request id per request (``X-Request-ID`` when sent), bound into every log line;
+* JSON errors for everything, including aiohttp's own 404/405/413, and 503 + ``Retry-After`` when
+  PostgreSQL is unreachable;
+* resources as ``cleanup_ctx`` entries (acquire, ``yield``, release: torn down in reverse order);
+* a designed shutdown: on SIGTERM readiness goes 503, the listener closes, in-flight requests get
+  ``drain_seconds`` to finish, then resources close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+from . import metrics
+from .config import Settings
+from .db import UNAVAILABLE_ERRORS
+from .errors import ApiError, json_error
+from .logging import get_logger, request_id_var
+
+log = get_logger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+SETTINGS = web.AppKey("atas_settings", Settings)
+SERVICE = web.AppKey("atas_service", str)
+READINESS_CHECKS = web.AppKey("atas_readiness_checks", dict)
+DRAINING = web.AppKey("atas_draining", asyncio.Event)
+OPENAPI = web.AppKey("atas_openapi", dict)
+
+_RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_encoder = msgspec.json.Encoder()
+DB_RETRY_AFTER_S = 5
+READINESS_TIMEOUT_S = 2.0
+
+
+def _route_label(request: web.Request) -> str:
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler):
+    """Request id, access log, metrics and JSON errors, in one place so their order is obvious."""
+    sent = request.headers.get("X-Request-ID", "")
+    rid = sent if _RID_RE.match(sent) else uuid.uuid4().hex
+    token = request_id_var.set(rid)
+    service = request.app[SERVICE]
+    started = time.perf_counter()
+    metrics.HTTP_IN_FLIGHT.labels(service).inc()
+    status = 499  # client went away before a response was produced
+    response: web.StreamResponse
+    try:
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = exc.to_response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = exc.reason.lower().replace(" ", "_")
+            message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+            if isinstance(exc, web.HTTPRequestEntityTooLarge):
+                message = "request body is too large"
+            response = json_error(exc.status, code, message,
+                                  headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("dependency unavailable", error=f"{type(exc).__name__}: {exc}", path=request.path)
+            response = json_error(503, "unavailable", "the database is unavailable; retry later",
+                                  headers={"Retry-After": str(DB_RETRY_AFTER_S)})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error", path=request.path, method=request.method)
+            response = json_error(500, "internal_error",
+                                  f"internal error; quote request id {rid} when reporting it")
+        status = response.status
+        if not response.prepared:
+            response.headers.setdefault("X-Request-ID", rid)
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics.HTTP_IN_FLIGHT.labels(service).dec()
+        route = _route_label(request)
+        metrics.HTTP_REQUESTS.labels(service, route, request.method, str(status)).inc()
+        metrics.HTTP_LATENCY.labels(service, route).observe(elapsed)
+        if route not in ("/healthz", "/readyz", "/metrics"):
+            log.info("request", method=request.method, path=request.path, route=route, status=status,
+                     ms=round(elapsed * 1000, 2))
+        request_id_var.reset(token)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "service": request.app[SERVICE]})
+
+
+async def _run_check(check: ReadinessCheck) -> str:
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT_S):
+            await check()
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - the point is to report any failure
+        return f"error: {type(exc).__name__}: {exc}"[:300]
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    app = request.app
+    if app[DRAINING].is_set():
+        metrics.READY.labels(app[SERVICE]).set(0)
+        return web.Response(status=503, content_type="application/json",
+                            body=_encoder.encode({"status": "draining", "checks": {}}))
+    checks = app[READINESS_CHECKS]
+    names = list(checks)
+    outcomes = await asyncio.gather(*(_run_check(checks[n]) for n in names))
+    result = dict(zip(names, outcomes))
+    ok = all(v == "ok" for v in outcomes)
+    metrics.READY.labels(app[SERVICE]).set(1 if ok else 0)
+    return web.Response(status=200 if ok else 503, content_type="application/json",
+                        body=_encoder.encode({"status": "ready" if ok else "unavailable", "checks": result}))
+
+
+async def _metrics(_request: web.Request) -> web.Response:
+    body, ctype = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": ctype})
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_encoder.encode(request.app[OPENAPI]), content_type="application/json")
+
+
+def add_openapi(app: web.Application, fragment: dict) -> None:
+    """Merge a service's OpenAPI fragment (``paths`` and ``components``) into ``/openapi.json``.
+
+    Each service describes its own routes; ``atas dev``, which serves all three from one process,
+    gets one document with everything.
+    """
+    doc = app[OPENAPI]
+    for path, ops in fragment.get("paths", {}).items():
+        doc["paths"].setdefault(path, {}).update(ops)
+    for kind, items in fragment.get("components", {}).items():
+        doc["components"].setdefault(kind, {}).update(items)
+    for tag in fragment.get("tags", []):
+        if tag not in doc["tags"]:
+            doc["tags"].append(tag)
+
+
+def create_app(settings: Settings, service: str, *, client_max_size: int = 1024 ** 2) -> web.Application:
+    """An application with the shared middleware and the health, readiness and metrics routes."""
+    app = web.Application(middlewares=[request_middleware], client_max_size=client_max_size)
+    app[SETTINGS] = settings
+    app[SERVICE] = service
+    app[READINESS_CHECKS] = {}
+    app[DRAINING] = asyncio.Event()
+    app[OPENAPI] = {
+        "openapi": "3.1.0",
+        "info": {"title": f"ATAS {service}", "version": "1"},
+        "servers": [{"url": "/"}],
+        "tags": [],
+        "paths": {},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+        "security": [{"bearer": []}],
+    }
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+def add_readiness_check(app: web.Application, name: str, check: ReadinessCheck) -> None:
+    app[READINESS_CHECKS][name] = check
+
+
+async def serve(app: web.Application, *, host: str = "0.0.0.0", port: int = 8080,
+                drain_seconds: float = 20.0, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run ``app`` until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=drain_seconds)
+    await runner.setup()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        log.info("listening", service=app[SERVICE], host=host, port=port)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down: readiness off, draining in-flight requests",
+                 service=app[SERVICE], drain_seconds=drain_seconds)
+        app[DRAINING].set()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        started = time.perf_counter()
+        await runner.cleanup()
+        log.info("stopped", service=app[SERVICE], ms=round((time.perf_counter() - started) * 1000, 1))

@@ -1,0 +1,107 @@
+"""JWT authentication (HS256, ``JWT_SECRET``) and per-project, per-scope authorisation.
+
+A token carries ``sub``, ``scopes`` (``ingest:write``, ``query:read``, ``stream:read``) and
+``projects`` (project keys, or ``"*"`` for all). No or bad token → 401; a valid token without the
+scope or the project → 403.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import jwt
+import msgspec
+from aiohttp import web
+
+from .errors import ApiError
+
+SCOPES = ("ingest:write", "query:read", "stream:read")
+ALGORITHM = "HS256"
+ISSUER = "atas"
+COOKIE_NAME = "atas_token"
+
+
+class Principal(msgspec.Struct, frozen=True):
+    subject: str
+    scopes: frozenset[str]
+    projects: frozenset[str]
+    expires_at: float | None = None
+
+    def can(self, scope: str, project: str) -> bool:
+        return scope in self.scopes and ("*" in self.projects or project in self.projects)
+
+
+def mint_token(secret: str, *, subject: str, scopes: Iterable[str], projects: Iterable[str],
+               ttl_seconds: int | None = 3600, now: float | None = None) -> str:
+    scopes = sorted(set(scopes))
+    bad = [s for s in scopes if s not in SCOPES]
+    if bad:
+        raise ValueError(f"unknown scope(s) {', '.join(bad)}; valid: {', '.join(SCOPES)}")
+    projects = sorted(set(projects))
+    if not projects:
+        raise ValueError("a token needs at least one project (or '*')")
+    issued = int(now if now is not None else time.time())
+    claims = {"sub": subject, "iss": ISSUER, "iat": issued, "scopes": scopes, "projects": projects}
+    if ttl_seconds:
+        claims["exp"] = issued + int(ttl_seconds)
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message,
+                    headers={"WWW-Authenticate": f'Bearer realm="atas", error="invalid_token"'})
+
+
+def verify_token(secret: str, token: str) -> Principal:
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
+                            options={"require": ["sub", "iat"]}, leeway=30)
+    except jwt.ExpiredSignatureError:
+        raise _unauthorized("token has expired; mint a new one") from None
+    except jwt.InvalidTokenError as exc:
+        raise _unauthorized(f"invalid token: {exc}") from None
+    scopes, projects = claims.get("scopes"), claims.get("projects")
+    if not isinstance(scopes, list) or not isinstance(projects, list):
+        raise _unauthorized("invalid token: claims 'scopes' and 'projects' must be lists")
+    return Principal(subject=str(claims["sub"]), scopes=frozenset(map(str, scopes)),
+                     projects=frozenset(map(str, projects)),
+                     expires_at=float(claims["exp"]) if "exp" in claims else None)
+
+
+def token_from_request(request: web.Request, *, allow_query: bool = False) -> str | None:
+    header = request.headers.get("Authorization")
+    if header:
+        kind, _, value = header.partition(" ")
+        if kind.lower() != "bearer" or not value.strip():
+            raise _unauthorized("Authorization header must be 'Bearer <token>'")
+        return value.strip()
+    cookie = request.cookies.get(COOKIE_NAME)
+    if cookie:
+        return cookie
+    if allow_query:
+        return request.query.get("access_token") or None
+    return None
+
+
+def authenticate(request: web.Request, secret: str, *, allow_query: bool = False) -> Principal:
+    token = token_from_request(request, allow_query=allow_query)
+    if token is None:
+        raise _unauthorized("authentication required: send 'Authorization: Bearer <token>' "
+                            "(mint one with `atas token`)")
+    return verify_token(secret, token)
+
+
+def authorize(principal: Principal, scope: str, project: str) -> None:
+    if scope not in principal.scopes:
+        raise ApiError(403, "forbidden", f"token lacks scope {scope!r}")
+    if "*" not in principal.projects and project not in principal.projects:
+        raise ApiError(403, "forbidden", f"token is not valid for project {project!r}")
+
+
+def require(request: web.Request, secret: str, scope: str, project: str, *,
+            allow_query: bool = False) -> Principal:
+    """Authenticate the request and check it may use ``scope`` on ``project``."""
+    principal = authenticate(request, secret, allow_query=allow_query)
+    authorize(principal, scope, project)
+    return principal

@@ -1,0 +1,297 @@
+"""The event transport seam: Kafka in production, an in-process engine in ``atas dev``.
+
+Business code (the outbox relay, the cache invalidator, the stream bridge) talks only to
+:class:`EventPublisher` and :class:`EventSubscription`; :class:`KafkaBus` and :class:`MemoryBus`
+decide how bytes travel. Semantics shared by both engines:
+
+* ``publish`` returns only once every message is durably accepted (Kafka: acks=all), or raises;
+* ``poll`` returns messages after the group's position; ``commit`` records the position of
+  everything returned so far (call it *after* the messages were processed: at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+
+from .config import KafkaSettings
+from .logging import get_logger
+
+log = get_logger(__name__)
+
+
+class Message(msgspec.Struct, frozen=True):
+    key: bytes | None
+    value: bytes
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+class PublishError(Exception):
+    """The transport did not acknowledge every message; the caller keeps them and retries."""
+
+
+class EventPublisher(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> None: ...
+
+
+class EventSubscription(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]: ...
+    async def commit(self) -> None: ...
+    def assigned(self) -> bool: ...
+
+
+class EventBus(Protocol):
+    topic: str
+
+    def publisher(self, client_id: str = "atas") -> EventPublisher: ...
+    def subscription(self, group: str, *, client_id: str = "atas",
+                     from_beginning: bool = False) -> EventSubscription: ...
+
+
+# --------------------------------------------------------------------------------------- Kafka
+
+
+class KafkaPublisher:
+    """aiokafka's idempotent producer (acks=all): retries inside the producer never duplicate."""
+
+    def __init__(self, settings: KafkaSettings, client_id: str):
+        self._settings = settings
+        self._client_id = client_id
+        self._producer = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            client_id=self._client_id,
+            enable_idempotence=True,
+            acks="all",
+            # Small linger batches the relay's sends into few requests without adding visible latency.
+            linger_ms=2,
+            # Bound how long a send waits for a broker, so an outage surfaces as an error the relay
+            # backs off on, instead of a hang.
+            request_timeout_ms=10_000,
+            max_batch_size=1 << 20,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()  # flushes pending sends
+
+    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        if self._producer is None:
+            raise PublishError("producer not started")
+        try:
+            futures = [await self._producer.send(self._settings.topic, value=value, key=key)
+                       for key, value in messages]
+            await asyncio.gather(*futures)
+        except Exception as exc:  # aiokafka raises a family of KafkaError subclasses
+            raise PublishError(f"{type(exc).__name__}: {exc}") from exc
+
+
+class KafkaSubscription:
+    def __init__(self, settings: KafkaSettings, group: str, client_id: str, from_beginning: bool):
+        self._settings = settings
+        self._group = group
+        self._client_id = client_id
+        self._reset = "earliest" if from_beginning else "latest"
+        self._consumer = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(
+            self._settings.topic,
+            bootstrap_servers=self._settings.bootstrap_servers,
+            group_id=self._group,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self._reset,
+            request_timeout_ms=10_000,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
+        )
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+    def assigned(self) -> bool:
+        return bool(self._consumer is not None and self._consumer.assignment())
+
+    async def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]:
+        assert self._consumer is not None, "subscription not started"
+        batches = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        out: list[Message] = []
+        for tp, records in batches.items():
+            out.extend(Message(r.key, r.value, tp.partition, r.offset, r.timestamp) for r in records)
+        return out
+
+    async def commit(self) -> None:
+        assert self._consumer is not None, "subscription not started"
+        await self._consumer.commit()
+
+
+class KafkaBus:
+    def __init__(self, settings: KafkaSettings):
+        self.settings = settings
+        self.topic = settings.topic
+
+    def publisher(self, client_id: str = "atas") -> KafkaPublisher:
+        return KafkaPublisher(self.settings, client_id)
+
+    def subscription(self, group: str, *, client_id: str = "atas",
+                     from_beginning: bool = False) -> KafkaSubscription:
+        return KafkaSubscription(self.settings, group, client_id, from_beginning)
+
+    async def ensure_topic(self, partitions: int = 12, replication_factor: int = 1) -> bool:
+        """Create the topic if missing (True when created). Production clusters usually pre-create it."""
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, request_timeout_ms=10_000)
+        await admin.start()
+        try:
+            if self.topic in await admin.list_topics():
+                return False
+            try:
+                await admin.create_topics([NewTopic(self.topic, partitions, replication_factor)])
+            except TopicAlreadyExistsError:
+                return False
+            return True
+        finally:
+            await admin.close()
+
+
+# ------------------------------------------------------------------------------------ in-process
+
+
+class _Group:
+    def __init__(self, start: int):
+        self.position = start   # next offset to hand out
+        self.committed = start
+
+
+class MemoryBus:
+    """A single-partition, in-process log with consumer groups: the ``atas dev`` engine.
+
+    Same contract as Kafka for one process: each group sees every message once it subscribed
+    (``from_beginning`` replays what is still retained), ``commit`` records progress, and messages
+    every group has committed are dropped so memory stays bounded.
+    """
+
+    def __init__(self, topic: str = "atas.events"):
+        self.topic = topic
+        self._log: list[Message] = []
+        self._base = 0  # offset of self._log[0]
+        self._groups: dict[str, _Group] = {}
+        self._cond = asyncio.Condition()
+
+    @property
+    def end_offset(self) -> int:
+        return self._base + len(self._log)
+
+    async def _append(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        async with self._cond:
+            for key, value in messages:
+                self._log.append(Message(key, value, 0, self.end_offset))
+            self._cond.notify_all()
+
+    def _join(self, group: str, from_beginning: bool) -> _Group:
+        g = self._groups.get(group)
+        if g is None:
+            g = _Group(self._base if from_beginning else self.end_offset)
+            self._groups[group] = g
+        return g
+
+    async def _poll(self, group: _Group, timeout_s: float, max_records: int) -> list[Message]:
+        async with self._cond:
+            if group.position >= self.end_offset:
+                try:
+                    await asyncio.wait_for(self._cond.wait_for(lambda: group.position < self.end_offset),
+                                           timeout_s)
+                except TimeoutError:
+                    return []
+            start = max(group.position, self._base) - self._base
+            batch = self._log[start:start + max_records]
+            group.position = self._base + start + len(batch)
+            return batch
+
+    def _commit(self, group: _Group) -> None:
+        group.committed = group.position
+        low = min((g.committed for g in self._groups.values()), default=self.end_offset)
+        if low > self._base:
+            del self._log[: low - self._base]
+            self._base = low
+
+    def publisher(self, client_id: str = "atas") -> "MemoryPublisher":
+        return MemoryPublisher(self)
+
+    def subscription(self, group: str, *, client_id: str = "atas",
+                     from_beginning: bool = False) -> "MemorySubscription":
+        return MemorySubscription(self, group, from_beginning)
+
+
+class MemoryPublisher:
+    def __init__(self, bus: MemoryBus):
+        self._bus = bus
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def publish(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        await self._bus._append(messages)
+
+
+class MemorySubscription:
+    def __init__(self, bus: MemoryBus, group: str, from_beginning: bool):
+        self._bus = bus
+        self._name = group
+        self._from_beginning = from_beginning
+        self._group: _Group | None = None
+
+    async def start(self) -> None:
+        self._group = self._bus._join(self._name, self._from_beginning)
+        # Like a Kafka consumer rejoining: resume after the last commit, redelivering the rest.
+        self._group.position = self._group.committed
+
+    async def stop(self) -> None:
+        self._group = None
+
+    def assigned(self) -> bool:
+        return self._group is not None
+
+    async def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]:
+        assert self._group is not None, "subscription not started"
+        return await self._bus._poll(self._group, timeout_s, max_records)
+
+    async def commit(self) -> None:
+        assert self._group is not None, "subscription not started"
+        self._bus._commit(self._group)

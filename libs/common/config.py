@@ -1,0 +1,269 @@
+"""Configuration: read once from the environment into frozen, typed settings.
+
+Variable names are the ones of the deployment guide operators already use (see DESIGN.md). Every
+problem is collected and reported at once, each naming its variable, so a bad deployment fails at
+start with a message an operator can act on instead of at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import msgspec
+
+DEFAULT_TOPIC = "atas.events"
+
+
+class ConfigError(Exception):
+    """One or more environment variables are missing or invalid."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+class DatabaseSettings(msgspec.Struct, frozen=True):
+    dsn: str  # postgresql://user:password@host:port/db, credentials already merged in
+    pool_min: int = 2
+    pool_max: int = 10
+    statement_timeout_ms: int = 30_000
+
+    def redacted(self) -> str:
+        return redact_dsn(self.dsn)
+
+
+class RedisSettings(msgspec.Struct, frozen=True):
+    host: str
+    port: int = 6379
+    password: str | None = None
+    timeout_ms: int = 2000
+    pool_max_active: int = 8
+    pool_max_idle: int = 8
+    pool_min_idle: int = 0
+
+
+class KafkaSettings(msgspec.Struct, frozen=True):
+    bootstrap_servers: str
+    topic: str = DEFAULT_TOPIC
+
+
+class CacheTtls(msgspec.Struct, frozen=True):
+    overview: int = 60
+    recent: int = 30
+    trends: int = 300
+    status: int = 10
+
+
+class Settings(msgspec.Struct, frozen=True):
+    """Everything a process needs to start; built by :func:`load_settings`.
+
+    ``redis`` or ``kafka`` is ``None`` only in ``atas dev``, where the in-process engines stand in.
+    """
+
+    db: DatabaseSettings | None
+    redis: RedisSettings | None
+    kafka: KafkaSettings | None
+    jwt_secret: str
+    port: int = 8080
+    cache_ttl: CacheTtls = CacheTtls()
+    # Seconds a SIGTERM'd process keeps serving in-flight requests before it closes connections.
+    # Kubernetes' terminationGracePeriodSeconds must exceed this plus the preStop sleep.
+    drain_seconds: float = 20.0
+    log_level: str = "info"
+    mode: Literal["serve", "dev"] = "serve"
+
+
+class EnvReader:
+    """Typed reads of environment variables that collect problems instead of raising at the first."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+        self.problems: list[str] = []
+
+    def str(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            if required:
+                self.problems.append(f"{name} is required but not set")
+            return default
+        return value.strip()
+
+    def int(self, name: str, default: int, *, lo: int | None = None, hi: int | None = None) -> int:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            self.problems.append(f"{name} must be an integer, got {raw!r}")
+            return default
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            self.problems.append(f"{name} must be {bounds}, got {value}")
+            return default
+        return value
+
+    def float(self, name: str, default: float, *, lo: float = 0.0) -> float:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            self.problems.append(f"{name} must be a number, got {raw!r}")
+            return default
+        if value < lo:
+            self.problems.append(f"{name} must be at least {lo}, got {value}")
+            return default
+        return value
+
+
+def parse_db_url(url: str, user: str | None = None, password: str | None = None) -> str:
+    """Normalise ``DB_URL`` to an asyncpg DSN.
+
+    Accepts the JDBC form of the existing deployment guide (``jdbc:postgresql://host:5432/db``) and
+    plain ``postgresql://`` / ``postgres://`` URLs. ``DB_USER``/``DB_PASSWORD`` override credentials
+    embedded in the URL. Raises ``ValueError`` with a readable reason.
+    """
+    raw = url.strip()
+    if raw.startswith("jdbc:"):
+        raw = raw[len("jdbc:"):]
+    parts = urlsplit(raw)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"scheme must be postgresql:// or jdbc:postgresql://, got {parts.scheme or 'none'!r}"
+        )
+    if not parts.hostname and "host=" not in parts.query:
+        raise ValueError("a host is required, e.g. postgresql://db.example:5432/atas")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad port: {exc}") from None
+    db = parts.path.lstrip("/")
+    if not db:
+        raise ValueError("a database name is required, e.g. postgresql://host:5432/atas")
+    # JDBC carries credentials as query parameters (?user=..&password=..); asyncpg wants userinfo.
+    query_pairs = [p for p in parts.query.split("&") if p]
+    kept: list[str] = []
+    for pair in query_pairs:
+        key, _, value = pair.partition("=")
+        if key == "user" and user is None:
+            user = unquote(value)
+        elif key == "password" and password is None:
+            password = unquote(value)
+        elif key in ("user", "password"):
+            continue
+        else:
+            kept.append(pair)
+    user = user if user is not None else (unquote(parts.username) if parts.username else None)
+    if password is None and parts.password:
+        password = unquote(parts.password)
+    netloc = ""
+    if user:
+        netloc = quote(user, safe="")
+        if password:
+            netloc += ":" + quote(password, safe="")
+        netloc += "@"
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc += host + (f":{port}" if port else "")
+    return urlunsplit(("postgresql", netloc, "/" + db, "&".join(kept), ""))
+
+
+def redact_dsn(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + quote(unquote(parts.password), safe="") + "@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return dsn
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve", "dev"] = "serve",
+                  need_db: bool = True) -> Settings:
+    """Build :class:`Settings` from the environment, or raise :class:`ConfigError`.
+
+    In ``serve`` mode every dependency is required and Redis defaults to the ``atas-redis`` service;
+    in ``dev`` mode an unset ``DB_URL``, ``REDIS_HOST`` or ``KAFKA_BOOTSTRAP_SERVERS`` selects the
+    embedded PostgreSQL or the in-process engine instead.
+    """
+    env = os.environ if env is None else env
+    e = EnvReader(env)
+    serve = mode == "serve"
+
+    db: DatabaseSettings | None = None
+    db_url = e.str("DB_URL", required=serve and need_db)
+    if db_url:
+        try:
+            dsn = parse_db_url(db_url, e.str("DB_USER"), e.str("DB_PASSWORD"))
+        except ValueError as exc:
+            e.problems.append(f"DB_URL is invalid: {exc}")
+        else:
+            db = DatabaseSettings(
+                dsn=dsn,
+                pool_min=e.int("DB_POOL_MIN", 2, lo=0, hi=1000),
+                pool_max=e.int("DB_POOL_MAX", 10, lo=1, hi=1000),
+                statement_timeout_ms=e.int("DB_STATEMENT_TIMEOUT_MS", 30_000, lo=0),
+            )
+            if db.pool_min > db.pool_max:
+                e.problems.append(f"DB_POOL_MIN ({db.pool_min}) must not exceed DB_POOL_MAX ({db.pool_max})")
+
+    redis: RedisSettings | None = None
+    redis_host = e.str("REDIS_HOST", "atas-redis" if serve else None)
+    # REDIS_PORT is validated even when Redis is not used, so a typo never goes unnoticed.
+    redis_port = e.int("REDIS_PORT", 6379, lo=1, hi=65535)
+    timeout_ms = e.int("REDIS_TIMEOUT", 2000, lo=1)
+    max_active = e.int("REDIS_POOL_MAX_ACTIVE", 8, lo=1, hi=10_000)
+    max_idle = e.int("REDIS_POOL_MAX_IDLE", 8, lo=0, hi=10_000)
+    min_idle = e.int("REDIS_POOL_MIN_IDLE", 0, lo=0, hi=10_000)
+    if min_idle > max_idle:
+        e.problems.append(f"REDIS_POOL_MIN_IDLE ({min_idle}) must not exceed REDIS_POOL_MAX_IDLE ({max_idle})")
+    if max_idle > max_active:
+        e.problems.append(f"REDIS_POOL_MAX_IDLE ({max_idle}) must not exceed REDIS_POOL_MAX_ACTIVE ({max_active})")
+    if redis_host:
+        redis = RedisSettings(
+            host=redis_host, port=redis_port, password=e.str("REDIS_PASSWORD"), timeout_ms=timeout_ms,
+            pool_max_active=max_active, pool_max_idle=max_idle, pool_min_idle=min_idle,
+        )
+
+    kafka: KafkaSettings | None = None
+    bootstrap = e.str("KAFKA_BOOTSTRAP_SERVERS", required=serve)
+    topic = e.str("KAFKA_TOPIC", DEFAULT_TOPIC) or DEFAULT_TOPIC
+    if bootstrap:
+        for server in bootstrap.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                e.problems.append(
+                    f"KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...], got {bootstrap!r}"
+                )
+                break
+        kafka = KafkaSettings(bootstrap_servers=bootstrap, topic=topic)
+
+    jwt_secret = e.str("JWT_SECRET", required=serve) or ""
+    if serve and jwt_secret and len(jwt_secret.encode()) < 32:
+        e.problems.append(
+            "JWT_SECRET must be at least 32 bytes for HS256; generate one with `openssl rand -base64 32`"
+        )
+
+    ttl = CacheTtls(
+        overview=e.int("CACHE_TTL_OVERVIEW", 60, lo=0),
+        recent=e.int("CACHE_TTL_RECENT", 30, lo=0),
+        trends=e.int("CACHE_TTL_TRENDS", 300, lo=0),
+        status=e.int("CACHE_TTL_STATUS", 10, lo=0),
+    )
+    settings_port = e.int("PORT", 8080, lo=1, hi=65535)
+    drain = e.float("SHUTDOWN_DRAIN_SECONDS", 20.0)
+    log_level = (e.str("LOG_LEVEL", "info") or "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        e.problems.append(f"LOG_LEVEL must be one of debug, info, warning, error, got {log_level!r}")
+        log_level = "info"
+
+    if e.problems:
+        raise ConfigError(e.problems)
+    return Settings(
+        db=db, redis=redis, kafka=kafka, jwt_secret=jwt_secret, port=settings_port, cache_ttl=ttl,
+        drain_seconds=drain, log_level=log_level, mode=mode,
+    )

@@ -1,0 +1,66 @@
+"""asyncpg pool factory and the errors that mean "PostgreSQL is unavailable" (→ 503)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import msgspec
+
+from .config import DatabaseSettings
+
+_json_encoder = msgspec.json.Encoder()
+
+# Errors that say the database cannot be reached right now, as opposed to a bug or bad input.
+# Handlers let these propagate; the error middleware answers 503 with Retry-After.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.ConnectionFailureError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typ, schema="pg_catalog", format="text",
+            encoder=lambda v: _json_encoder.encode(v).decode(), decoder=msgspec.json.decode,
+        )
+
+
+async def create_pool(settings: DatabaseSettings, *, application_name: str = "atas",
+                      min_size: int | None = None, max_size: int | None = None) -> asyncpg.Pool:
+    """A pool that starts without connecting (min_size 0 by default when the DB may be down), with
+    msgspec-backed JSON codecs and a statement timeout so a runaway query cannot hold a connection."""
+    server_settings = {"application_name": application_name}
+    if settings.statement_timeout_ms:
+        server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
+    return await asyncpg.create_pool(
+        dsn=settings.dsn,
+        min_size=settings.pool_min if min_size is None else min_size,
+        max_size=settings.pool_max if max_size is None else max_size,
+        init=_init_connection,
+        server_settings=server_settings,
+        command_timeout=max(settings.statement_timeout_ms / 1000 + 5, 10) if settings.statement_timeout_ms else None,
+        # Recycle idle connections so a PostgreSQL failover does not leave dead sockets in the pool.
+        max_inactive_connection_lifetime=60.0,
+        timeout=5.0,
+    )
+
+
+async def connect(dsn: str, *, application_name: str = "atas") -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": application_name}, timeout=10)
+    await _init_connection(conn)
+    return conn
+
+
+async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")

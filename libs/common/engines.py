@@ -1,0 +1,81 @@
+"""The transports behind the seams, chosen once per process.
+
+``atas serve`` uses Kafka for events and Redis for cache and fan-out; ``atas dev`` swaps in the
+in-process engines for whichever of them is not configured. Business code asks for ``ENGINES`` and
+never checks which mode it runs in, except through the one attribute each seam reads
+(``redis is None`` → in-process cache / fan-out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from .app import SETTINGS, add_readiness_check
+from .bus import EventBus, KafkaBus, MemoryBus
+from .config import Settings
+from .db import create_pool, ping
+from .logging import get_logger
+from .redis import create_redis, warm_pool
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Engines:
+    bus: EventBus
+    pool: asyncpg.Pool | None = None
+    redis: Redis | None = None
+    extras: dict = field(default_factory=dict)  # per-seam in-process engines (dev mode)
+
+    @property
+    def kafka(self) -> bool:
+        return isinstance(self.bus, KafkaBus)
+
+
+ENGINES = web.AppKey("atas_engines", Engines)
+
+
+def make_bus(settings: Settings) -> EventBus:
+    if settings.kafka is not None:
+        return KafkaBus(settings.kafka)
+    return MemoryBus()
+
+
+def install_engines(app: web.Application, *, application_name: str, bus: EventBus | None = None) -> Engines:
+    """Register the engines and a cleanup context that opens and closes the pool and Redis client.
+
+    Must be installed before the services' own cleanup contexts, so it is torn down after them.
+    """
+    settings: Settings = app[SETTINGS]
+    engines = Engines(bus=bus or make_bus(settings))
+    app[ENGINES] = engines
+
+    async def ctx(app_: web.Application):
+        if settings.db is not None:
+            engines.pool = await create_pool(settings.db, application_name=application_name, min_size=0)
+        if settings.redis is not None:
+            engines.redis = create_redis(settings.redis)
+            await warm_pool(engines.redis, settings.redis)
+        log.info("engines ready", db=settings.db.redacted() if settings.db else None,
+                 redis=f"{settings.redis.host}:{settings.redis.port}" if settings.redis else "in-process",
+                 events=settings.kafka.bootstrap_servers if settings.kafka else "in-process")
+        yield
+        if engines.redis is not None:
+            await engines.redis.aclose()
+        if engines.pool is not None:
+            await engines.pool.close()
+
+    app.cleanup_ctx.append(ctx)
+
+    async def db_ready() -> None:
+        if engines.pool is None:
+            raise RuntimeError("database pool not open")
+        await ping(engines.pool)
+
+    if settings.db is not None:
+        add_readiness_check(app, "postgres", db_ready)
+    return engines

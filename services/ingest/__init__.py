@@ -1,0 +1,1 @@
+"""ATAS ingest service: the write path harnesses report to."""

@@ -1,0 +1,1 @@
+"""ATAS query service: dashboard aggregations, cached in Redis."""

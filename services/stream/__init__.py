@@ -1,0 +1,1 @@
+"""ATAS stream service: live execution updates over Server-Sent Events."""

@@ -1,0 +1,93 @@
+"""Process-level behaviour of the shared skeleton: config errors at start, SIGTERM drain."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bad_redis_port_stops_start_up_naming_the_variable():
+    env = {**os.environ, "DB_URL": "postgresql://h/db", "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+           "JWT_SECRET": "s" * 32, "REDIS_PORT": "not-a-port"}
+    proc = subprocess.run([sys.executable, "-m", "atas.cli.main", "serve", "query"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "REDIS_PORT must be an integer" in proc.stderr
+
+
+SLOW_APP = textwrap.dedent("""
+    import asyncio, sys
+    from aiohttp import web
+    from atas.common.app import create_app, serve
+    from atas.common.config import Settings
+    from atas.common.logging import configure_logging
+
+    async def slow(request):
+        await asyncio.sleep(float(request.query.get("s", "2")))
+        return web.json_response({"done": True})
+
+    async def main():
+        configure_logging("info", service="slow")
+        app = create_app(Settings(db=None, redis=None, kafka=None, jwt_secret="x"), "slow")
+        app.router.add_get("/slow", slow)
+        await serve(app, host="127.0.0.1", port=int(sys.argv[1]), drain_seconds=10)
+
+    asyncio.run(main())
+""")
+
+
+def _get(url: str, timeout: float = 10) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_sigterm_during_a_slow_request_lets_it_finish(tmp_path):
+    port = free_port()
+    script = tmp_path / "slow_app.py"
+    script.write_text(SLOW_APP)
+    log = tmp_path / "slow_app.log"
+    out_file = open(log, "wb")
+    proc = subprocess.Popen([sys.executable, str(script), str(port)], stdout=out_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if _get(base + "/healthz", 1)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        result = {}
+        t = threading.Thread(target=lambda: result.update(resp=_get(base + "/slow?s=2")))
+        t.start()
+        time.sleep(0.5)  # the request is in flight
+        proc.terminate()  # SIGTERM
+        t.join(15)
+        status, body = result["resp"]
+        assert status == 200 and json.loads(body) == {"done": True}
+        assert proc.wait(15) == 0
+        # once draining, new connections are refused
+        with pytest.raises(OSError):
+            _get(base + "/healthz", 1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        out_file.close()
+    out = log.read_text()
+    assert "draining in-flight requests" in out and '"stopped"' in out

@@ -1,0 +1,93 @@
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from atas.common.migrate import MigrationError, load_migrations, migrate
+
+pytestmark = pytest.mark.pg
+
+
+async def _fresh_db(pg_server_url: str, name: str) -> str:
+    admin = await asyncpg.connect(pg_server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return pg_server_url.rsplit("/", 1)[0] + "/" + name
+
+
+async def test_two_processes_migrating_at_once_apply_each_migration_once(pg_server_url, pg, tmp_path):
+    dsn = await _fresh_db(pg_server_url, "atas_test_concurrent_migrate")
+    env = {**os.environ, "DB_URL": dsn}
+    procs = [subprocess.Popen([sys.executable, "-m", "atas.cli.main", "migrate"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT version, count(*) AS n FROM atas_schema_history GROUP BY version")
+        assert {r["version"]: r["n"] for r in rows} == {m.version: 1 for m in load_migrations()}
+        # the schema exists once, whichever process applied it
+        assert await conn.fetchval("SELECT count(*) FROM pg_tables WHERE tablename = 'executions'") == 1
+    finally:
+        await conn.close()
+    applied_counts = sorted(int(err.decode().split("(")[-1].split()[0]) for _, err in outs)
+    assert applied_counts == [0, len(load_migrations())]
+
+
+async def test_changed_applied_migration_stops_start_up(pg_server_url, pg, tmp_path):
+    dsn = await _fresh_db(pg_server_url, "atas_test_changed_migration")
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "V001__first.sql").write_text("CREATE TABLE t1 (id int);")
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert len(await migrate(conn, load_migrations(folder))) == 1
+        (folder / "V001__first.sql").write_text("CREATE TABLE t1 (id bigint);")
+        (folder / "V002__second.sql").write_text("CREATE TABLE t2 (id int);")
+        with pytest.raises(MigrationError, match="V001__first.sql was changed"):
+            await migrate(conn, load_migrations(folder))
+        # nothing after the mismatch was applied
+        assert await conn.fetchval("SELECT to_regclass('t2')") is None
+    finally:
+        await conn.close()
+
+
+async def test_migrate_cli_exits_3_with_a_clear_message_on_a_changed_migration(pg_server_url, pg):
+    dsn = await _fresh_db(pg_server_url, "atas_test_changed_cli")
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        await conn.execute("UPDATE atas_schema_history SET checksum = 'deadbeef' WHERE version = 1")
+    finally:
+        await conn.close()
+    proc = subprocess.run([sys.executable, "-m", "atas.cli.main", "migrate"], env={**os.environ, "DB_URL": dsn},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3
+    assert "V001__init.sql was changed after it was applied" in proc.stderr
+
+
+async def test_a_second_run_is_a_no_op(pg):
+    conn = await asyncpg.connect(pg)
+    try:
+        assert await migrate(conn) == []
+    finally:
+        await conn.close()
+
+
+async def test_results_are_partitioned_with_months_prepared_ahead(pg):
+    conn = await asyncpg.connect(pg)
+    try:
+        parts = await conn.fetch("SELECT inhrelid::regclass::text AS name FROM pg_inherits "
+                                 "WHERE inhparent = 'results'::regclass")
+        names = {r["name"] for r in parts}
+        assert "results_default" in names and len(names) >= 5
+        assert await conn.fetchval("SELECT atas_ensure_result_partitions(1, 3)") == 0  # idempotent
+    finally:
+        await conn.close()

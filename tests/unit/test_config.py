@@ -1,0 +1,66 @@
+import pytest
+
+from atas.common.config import ConfigError, load_settings, parse_db_url
+
+BASE = {"KAFKA_BOOTSTRAP_SERVERS": "k1:9092", "JWT_SECRET": "s" * 32}
+
+
+def test_db_url_jdbc_and_plain_forms_parse_to_the_same_dsn():
+    jdbc = parse_db_url("jdbc:postgresql://db.internal:5432/atas", "svc", "p@ss/word")
+    plain = parse_db_url("postgresql://db.internal:5432/atas", "svc", "p@ss/word")
+    assert jdbc == plain == "postgresql://svc:p%40ss%2Fword@db.internal:5432/atas"
+
+
+def test_jdbc_query_credentials_and_options_are_kept_apart():
+    dsn = parse_db_url("jdbc:postgresql://db:5432/atas?user=u&password=pw&sslmode=require")
+    assert dsn == "postgresql://u:pw@db:5432/atas?sslmode=require"
+
+
+def test_db_user_and_password_override_the_url():
+    assert parse_db_url("postgres://a:b@h/db", "c", "d") == "postgresql://c:d@h/db"
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("mysql://h/db", "scheme"),
+    ("postgresql://h:5432/", "database name"),
+    ("postgresql://h:99999/db", "port"),
+])
+def test_bad_db_urls_say_why(url, reason):
+    with pytest.raises(ValueError, match=reason):
+        parse_db_url(url)
+
+
+def test_settings_from_environment():
+    s = load_settings({**BASE, "DB_URL": "jdbc:postgresql://pg:5432/atas", "DB_USER": "u", "DB_PASSWORD": "p",
+                       "REDIS_PORT": "6380", "CACHE_TTL_TRENDS": "120"})
+    assert s.db.dsn == "postgresql://u:p@pg:5432/atas"
+    assert s.redis.host == "atas-redis" and s.redis.port == 6380
+    assert s.cache_ttl.trends == 120 and s.cache_ttl.overview == 60
+    assert s.kafka.bootstrap_servers == "k1:9092" and s.kafka.topic == "atas.events"
+    with pytest.raises(AttributeError):
+        s.port = 1  # frozen
+
+
+def test_bad_redis_port_is_named():
+    with pytest.raises(ConfigError) as info:
+        load_settings({**BASE, "DB_URL": "postgresql://h/db", "REDIS_PORT": "sixty"})
+    assert any("REDIS_PORT" in p for p in info.value.problems)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        load_settings({"REDIS_PORT": "0", "REDIS_TIMEOUT": "x", "JWT_SECRET": "short"})
+    text = str(info.value)
+    for name in ("DB_URL", "REDIS_PORT", "REDIS_TIMEOUT", "KAFKA_BOOTSTRAP_SERVERS", "JWT_SECRET"):
+        assert name in text
+
+
+def test_dev_mode_leaves_unset_dependencies_to_in_process_engines():
+    s = load_settings({}, mode="dev")
+    assert s.db is None and s.redis is None and s.kafka is None
+
+
+def test_pool_bounds_are_checked():
+    with pytest.raises(ConfigError, match="REDIS_POOL_MAX_IDLE"):
+        load_settings({**BASE, "DB_URL": "postgresql://h/db", "REDIS_POOL_MAX_ACTIVE": "4",
+                       "REDIS_POOL_MAX_IDLE": "8"})
