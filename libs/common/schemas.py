@@ -1,0 +1,149 @@
+"""Request and response bodies of the ingest API, shared by the service and the harness client.
+
+Requests are strict: unknown fields are refused (a typo in a field name must not silently drop
+data), strings are bounded, timestamps must carry a timezone. Decoding errors name the field path
+(``results[3].status``) through :func:`atas.common.errors.decode_json`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+ResultStatus = Literal["passed", "failed", "skipped", "error"]
+ExecutionStatus = Literal["running", "passed", "failed", "error", "cancelled"]
+FinalStatus = Literal["passed", "failed", "error", "cancelled"]
+RESULT_STATUSES: tuple[str, ...] = ("passed", "failed", "skipped", "error")
+
+# Project keys: the same rule as the `projects.key` CHECK constraint of V001.
+ProjectKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                                 description="project key, e.g. `web`")]
+Short = Annotated[str, Meta(max_length=1024)]
+Label = Annotated[str, Meta(min_length=1, max_length=1024)]
+Url = Annotated[str, Meta(max_length=4096)]
+# Messages and traces are bounded so one result cannot take the whole body limit by itself.
+Message = Annotated[str, Meta(max_length=65_536)]
+Trace = Annotated[str, Meta(max_length=1_048_576)]
+Timestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a timezone")]
+Attributes = Annotated[dict[str, Any], Meta(description="free-form JSON object")]
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    pass
+
+
+# ------------------------------------------------------------------------------------ requests
+
+
+class ExecutionCreate(_Strict):
+    """``POST /v1/executions``. Send ``id`` (a UUID you choose) so that a retry is harmless."""
+
+    project: ProjectKey
+    name: Label
+    id: uuid.UUID | None = None
+    environment: Short | None = None
+    branch: Short | None = None
+    commit: Short | None = None
+    build_url: Url | None = None
+    started_at: Timestamp | None = None  # default: when the server receives the request
+    attributes: Attributes = {}
+
+
+class Attachment(_Strict):
+    """A reference to an artefact stored elsewhere (screenshots, traces, logs)."""
+
+    uri: Annotated[str, Meta(min_length=1, max_length=4096, description="e.g. s3://bucket/key.png")]
+    kind: Short | None = None  # e.g. screenshot, video, trace, log
+    content_type: Short | None = None
+    name: Short | None = None
+
+
+class ResultIn(_Strict):
+    """One attempt of one test. ``(test_id, attempt)`` identifies it within the execution: a
+    retried batch with the same pair (or the same client-supplied ``id``) is counted as a duplicate
+    and stored once. Report each retry of a test with the next ``attempt``."""
+
+    test_id: Label
+    name: Label
+    status: ResultStatus
+    id: uuid.UUID | None = None
+    attempt: Annotated[int, Meta(ge=1, le=10_000)] = 1
+    suite: Short | None = None
+    file: Short | None = None
+    started_at: Timestamp | None = None
+    duration_ms: Annotated[int, Meta(ge=0, le=2_147_483_647)] | None = None
+    error_type: Short | None = None
+    error_message: Message | None = None
+    error_trace: Trace | None = None
+    attachments: list[Attachment] = []
+    attributes: Attributes = {}
+
+
+class ResultBatch(_Strict):
+    """``POST /v1/executions/{id}/results``: 1..N results (N is the server's INGEST_MAX_BATCH)."""
+
+    results: Annotated[list[ResultIn], Meta(min_length=1)]
+
+
+class ExecutionFinish(_Strict):
+    """``POST /v1/executions/{id}/finish``. Without ``status`` the server derives it from the
+    counters: any failure → failed, else any error → error, else passed."""
+
+    status: FinalStatus | None = None
+    finished_at: Timestamp | None = None  # default: when the server receives the request
+
+
+# ----------------------------------------------------------------------------------- responses
+
+
+class Counts(msgspec.Struct, kw_only=True):
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    error: int = 0
+
+
+class Execution(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    project: str
+    name: str
+    status: ExecutionStatus
+    started_at: datetime
+    finished_at: datetime | None = None
+    environment: str | None = None
+    branch: str | None = None
+    commit: str | None = None
+    build_url: str | None = None
+    attributes: dict[str, Any] = {}
+    counts: Counts = msgspec.field(default_factory=Counts)
+    duration_ms: int = 0  # sum of the results' durations
+
+
+class BatchAccepted(msgspec.Struct, kw_only=True):
+    """How a batch was taken: ``accepted + duplicates`` equals the number of results sent."""
+
+    execution_id: uuid.UUID
+    accepted: int
+    duplicates: int
+    counts: Counts  # the execution's counters after this batch
+
+
+class JunitImported(msgspec.Struct, kw_only=True):
+    """One JUnit report became one (finished) execution."""
+
+    execution: Execution
+    accepted: int
+    duplicates: int
+    created: bool  # false: this exact report was imported before; nothing was added
+
+
+def schema_components() -> tuple[dict, dict]:
+    """(refs by struct name, components) for the OpenAPI document."""
+    types = (ExecutionCreate, ResultBatch, ExecutionFinish, Execution, BatchAccepted, JunitImported)
+    refs, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    return {t.__name__: r for t, r in zip(types, refs)}, components

@@ -1,0 +1,90 @@
+"""``atas.ingest.app``: wires the ingest routes, the outbox relay and partition upkeep into an app.
+
+Composable (``atas dev`` puts ingest, query and stream on one app): no middleware of its own,
+unique app keys, POST routes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from atas.common.app import SETTINGS, add_openapi
+from atas.common.config import Settings
+from atas.common.engines import ENGINES
+from atas.common.logging import get_logger
+
+from . import openapi
+from .config import IngestConfig
+from .relay import OutboxRelay
+from .routes import INGEST_CONFIG, add_routes
+
+log = get_logger(__name__)
+
+# Months of result partitions kept ready behind and ahead of now (see V001).
+PARTITIONS_BACK, PARTITIONS_AHEAD = 1, 3
+_PARTITION_RETRY_S = 60.0
+
+
+@dataclass
+class IngestState:
+    """Mutable per-app state (the app itself is frozen once it starts)."""
+
+    relay: OutboxRelay | None = None
+
+
+INGEST_STATE = web.AppKey("atas_ingest_state", IngestState)
+
+
+def client_max_size(settings: Settings) -> int:
+    """The body limit of an ingest-only app (INGEST_MAX_BODY_BYTES)."""
+    return IngestConfig.from_env().max_body_bytes
+
+
+async def _keep_partitions(app: web.Application, interval_s: float) -> None:
+    """Create the coming months' result partitions now and every ``interval_s`` (idempotent)."""
+    while True:
+        pool = app[ENGINES].pool
+        delay = interval_s
+        try:
+            if pool is None:
+                raise RuntimeError("database pool not open")
+            created = await pool.fetchval("SELECT atas_ensure_result_partitions($1, $2)",
+                                          PARTITIONS_BACK, PARTITIONS_AHEAD)
+            if created:
+                log.info("result partitions created", count=created)
+        except Exception as exc:  # noqa: BLE001 - PostgreSQL down at start: retry soon, don't crash
+            log.warning("could not ensure result partitions; retrying", error=f"{type(exc).__name__}: {exc}")
+            delay = min(interval_s, _PARTITION_RETRY_S)
+        await asyncio.sleep(delay)
+
+
+def setup(app: web.Application, config: IngestConfig | None = None) -> None:
+    """Add the ingest API, its OpenAPI fragment, the outbox relay and partition upkeep to ``app``."""
+    config = config or IngestConfig.from_env()
+    app[INGEST_CONFIG] = config
+    state = app[INGEST_STATE] = IngestState()
+    add_routes(app)
+    add_openapi(app, openapi.fragment(config))
+
+    async def background(app_: web.Application):
+        settings: Settings = app_[SETTINGS]
+        engines = app_[ENGINES]
+        partitions = None
+        if settings.db is not None:
+            partitions = asyncio.create_task(_keep_partitions(app_, config.partition_interval_s),
+                                             name="ingest-partitions")
+            if config.relay_enabled:
+                state.relay = OutboxRelay(pool=lambda: engines.pool, dsn=settings.db.dsn, bus=engines.bus,
+                                          config=config)
+                state.relay.start()
+        yield
+        if partitions is not None:
+            partitions.cancel()
+            await asyncio.gather(partitions, return_exceptions=True)
+        if state.relay is not None:
+            await state.relay.stop()
+
+    app.cleanup_ctx.append(background)

@@ -1,0 +1,193 @@
+"""JUnit XML reports → results: the dialects of Maven Surefire, pytest ``--junitxml``, jest-junit
+and Playwright's junit reporter (they share ``testsuites/testsuite/testcase``).
+
+Parsing goes through defusedxml: documents that declare entities (billion laughs, external
+entities / XXE) are refused before anything is expanded or fetched. A parse error is reported with
+its line and column.
+
+Mapping, per ``<testcase>``:
+
+* ``test_id`` = ``classname::name`` (``name`` alone without a classname); ``suite`` = the enclosing
+  ``<testsuite name>``; ``file`` from the ``file`` attribute when the tool writes one;
+* status: ``<failure>`` → failed, ``<error>`` → error, ``<skipped>`` → skipped, else passed; the
+  element's ``type``/``message`` and text become the error type, message and trace;
+* Surefire reruns are kept as attempts: ``<flakyFailure>``/``<flakyError>`` are failed attempts
+  before the final pass, ``<rerunFailure>``/``<rerunError>`` failed attempts after the first;
+* the same ``test_id`` seen again later in the file (rerun plugins, several suites) becomes the
+  next attempt rather than being dropped as a duplicate.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta, timezone
+
+import msgspec
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring
+
+from atas.common.errors import ApiError
+from atas.common.schemas import ResultIn
+
+_MAX_LABEL = 1024
+_MAX_MESSAGE = 65_536
+_MAX_TRACE = 1_048_576
+
+
+class Report(msgspec.Struct, kw_only=True):
+    """A parsed report: what becomes one execution."""
+
+    name: str | None
+    started_at: datetime | None  # earliest suite timestamp, when the tool wrote one
+    duration_ms: int  # wall time of the report (root `time`, else the suites' sum)
+    results: list[ResultIn]
+
+
+def _parse_xml(data: bytes) -> ET.Element:
+    try:
+        return fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as exc:
+        raise ApiError(400, "forbidden_xml",
+                       f"the report was refused: {exc}; JUnit reports never need entity declarations "
+                       "(this protects against entity expansion and external entities)") from None
+    except ET.ParseError as exc:
+        line, column = getattr(exc, "position", (0, 0))
+        raise ApiError(400, "malformed_xml", f"malformed XML at line {line}, column {column}: {exc}",
+                       details={"line": line, "column": column}) from None
+
+
+def _seconds_ms(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value.replace(",", ""))  # old Surefire writes 1,234.5
+    except ValueError:
+        return None
+    if seconds != seconds or seconds < 0 or seconds > 2_000_000:  # NaN, negative, or absurd
+        return None
+    return int(round(seconds * 1000))
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    # Surefire and jest-junit write local time without an offset; UTC is the only safe reading.
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+
+
+def _clip(value: str | None, limit: int) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return value[:limit] if value else None
+
+
+def _label(value: str, limit: int = _MAX_LABEL) -> str:
+    return value[:limit] if value else "unnamed"
+
+
+_OUTCOMES = {"failure": "failed", "error": "error", "skipped": "skipped"}
+_EARLIER = {"flakyFailure": "failed", "flakyError": "error"}   # failed attempts before a final pass
+_LATER = {"rerunFailure": "failed", "rerunError": "error"}     # failed attempts after the first
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def _error_fields(el: ET.Element) -> dict:
+    text = el.text or ""
+    stack = el.find("stackTrace")  # Surefire's flaky/rerun elements nest it
+    if stack is not None and stack.text:
+        text = stack.text
+    return {
+        "error_type": _clip(el.get("type"), _MAX_LABEL),
+        "error_message": _clip(el.get("message"), _MAX_MESSAGE),
+        "error_trace": _clip(text, _MAX_TRACE),
+    }
+
+
+def _testcase(case: ET.Element, suite: str | None, attempts: dict[str, int]) -> list[ResultIn]:
+    classname = (case.get("classname") or "").strip()
+    name = (case.get("name") or "").strip()
+    test_id = _label(f"{classname}::{name}" if classname else name)
+    common = dict(test_id=test_id, name=_label(name or test_id), suite=_clip(suite, _MAX_LABEL),
+                  file=_clip(case.get("file"), _MAX_LABEL))
+    duration = _seconds_ms(case.get("time"))
+    status, final_error, earlier, later = "passed", {}, [], []
+    for child in case:
+        tag = _local(child.tag)
+        if tag in _OUTCOMES and status == "passed":
+            status = _OUTCOMES[tag]
+            final_error = _error_fields(child)
+            if tag == "skipped" and not final_error["error_message"]:
+                final_error = {"error_message": final_error["error_trace"]} if final_error["error_trace"] else {}
+        elif tag in _EARLIER:
+            earlier.append((_EARLIER[tag], _error_fields(child)))
+        elif tag in _LATER:
+            later.append((_LATER[tag], _error_fields(child)))
+    out: list[ResultIn] = []
+
+    def add(st: str, fields: dict, dur: int | None) -> None:
+        attempt = attempts.get(test_id, 0) + 1
+        attempts[test_id] = attempt
+        out.append(ResultIn(status=st, attempt=attempt, duration_ms=dur, **common, **fields))
+
+    for st, fields in earlier:
+        add(st, fields, None)
+    add(status, final_error, duration)
+    for st, fields in later:
+        add(st, fields, None)
+    return out
+
+
+def parse_junit(data: bytes) -> Report:
+    """Parse a JUnit XML document; raises ApiError 400 (refused or malformed) or 422 (not JUnit)."""
+    root = _parse_xml(data)
+    tag = _local(root.tag)
+    if tag not in ("testsuites", "testsuite"):
+        raise ApiError(422, "not_junit", f"not a JUnit report: the root element is <{tag}>, expected "
+                                         "<testsuites> or <testsuite>")
+    attempts: dict[str, int] = {}
+    results: list[ResultIn] = []
+    stamps: list[datetime] = []
+    suite_ms = 0
+
+    def walk(suite_el: ET.Element) -> None:
+        nonlocal suite_ms
+        stamp = _timestamp(suite_el.get("timestamp"))
+        if stamp is not None:
+            stamps.append(stamp)
+        suite_ms += _seconds_ms(suite_el.get("time")) or 0
+        suite_name = suite_el.get("name")
+        for child in suite_el:
+            ctag = _local(child.tag)
+            if ctag == "testcase":
+                results.extend(_testcase(child, suite_name, attempts))
+            elif ctag == "testsuite":
+                walk(child)
+
+    if tag == "testsuite":
+        walk(root)
+    else:
+        for child in root:
+            if _local(child.tag) == "testsuite":
+                walk(child)
+    if not results:
+        raise ApiError(422, "empty_report", "the report contains no <testcase> elements")
+    total_ms = _seconds_ms(root.get("time")) if tag == "testsuites" else None
+    name = (root.get("name") or "").strip() or None
+    return Report(name=name, started_at=min(stamps) if stamps else None,
+                  duration_ms=total_ms if total_ms is not None else suite_ms, results=results)
+
+
+def report_window(report: Report, now: datetime) -> tuple[datetime, datetime]:
+    """(started_at, finished_at) of the execution a report becomes."""
+    span = timedelta(milliseconds=report.duration_ms)
+    if report.started_at is None:
+        return now - span, now
+    return report.started_at, report.started_at + span

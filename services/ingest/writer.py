@@ -1,0 +1,286 @@
+"""The write path: executions, result batches and their outbox events, one transaction each.
+
+Every function here runs inside a transaction the caller opened and does a fixed number of
+statements, whatever the batch size: results go in with one ``INSERT ... SELECT FROM unnest(...)``
+(never a statement per row). Concurrent batches for one execution serialise on the execution's
+row lock, which is taken first, so counters stay exact and overlapping batches cannot deadlock on
+each other's result keys. The events of DESIGN.md are appended to the outbox in the same
+transaction, with ``seq`` from ``executions.last_seq``: committed data and its events are one unit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+import msgspec
+
+from atas.common.errors import ApiError
+from atas.common.events import (
+    Envelope, ExecutionFinished, ExecutionStarted, FailedTest, ResultsRecorded, encode_event, new_event,
+)
+from atas.common.logging import get_logger
+from atas.common.schemas import (
+    RESULT_STATUSES, BatchAccepted, Counts, Execution, ExecutionCreate, ExecutionFinish, ResultIn,
+)
+
+from . import metrics
+from .config import IngestConfig
+
+log = get_logger(__name__)
+
+# Called with the execution's project once it is known (under the row lock); raises ApiError 403.
+Authorize = Callable[[str], None]
+
+_hash_encoder = msgspec.json.Encoder(order="sorted")
+_json = msgspec.json.Encoder()
+
+_EXECUTION_COLUMNS = ("id, project, name, environment, branch, commit_sha, build_url, attributes, status, "
+                      "started_at, finished_at, total, passed, failed, skipped, errored, duration_ms, request_hash")
+
+_INSERT_EXECUTION = f"""
+INSERT INTO executions (id, project, name, environment, branch, commit_sha, build_url, attributes,
+                        started_at, request_hash, last_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1)
+ON CONFLICT (id) DO NOTHING
+RETURNING {_EXECUTION_COLUMNS}
+"""
+
+_LOCK_EXECUTION = """
+SELECT project, started_at, status FROM executions WHERE id = $1 FOR NO KEY UPDATE
+"""
+
+# One statement for the whole batch. ON CONFLICT DO NOTHING skips rows whose (test_id, attempt) or
+# client id is already stored, including duplicates within the batch itself; the aggregate tells
+# what was really inserted, so counters and events count exactly the stored rows.
+_INSERT_RESULTS = """
+WITH ins AS (
+    INSERT INTO results (execution_started_at, execution_id, project, test_id, attempt, id, name, suite,
+                         file, status, started_at, duration_ms, error_type, error_message, error_trace,
+                         attachments, attributes)
+    SELECT $1, $2, $3, u.test_id, u.attempt, coalesce(u.id, gen_random_uuid()), u.name, u.suite, u.file,
+           u.status, u.started_at, u.duration_ms, u.error_type, u.error_message, u.error_trace,
+           u.attachments::jsonb, u.attributes::jsonb
+    FROM unnest($4::text[], $5::int[], $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[],
+                $11::timestamptz[], $12::int[], $13::text[], $14::text[], $15::text[], $16::text[],
+                $17::text[])
+         AS u(test_id, attempt, id, name, suite, file, status, started_at, duration_ms, error_type,
+              error_message, error_trace, attachments, attributes)
+    ON CONFLICT DO NOTHING
+    RETURNING status, test_id, attempt, duration_ms
+)
+SELECT status, count(*)::int AS n, coalesce(sum(duration_ms), 0)::bigint AS ms,
+       array_agg(test_id) FILTER (WHERE status IN ('failed', 'error')) AS failed_ids,
+       array_agg(attempt) FILTER (WHERE status IN ('failed', 'error')) AS failed_attempts
+FROM ins GROUP BY status
+"""
+
+_ADD_COUNTS = f"""
+UPDATE executions
+SET total = total + $2, passed = passed + $3, failed = failed + $4, skipped = skipped + $5,
+    errored = errored + $6, duration_ms = duration_ms + $7, last_seq = last_seq + $8, updated_at = now()
+WHERE id = $1
+RETURNING {_EXECUTION_COLUMNS}, last_seq
+"""
+
+_FINISH = f"""
+UPDATE executions
+SET status = $2, finished_at = $3, last_seq = last_seq + 1, updated_at = now()
+WHERE id = $1
+RETURNING {_EXECUTION_COLUMNS}, last_seq
+"""
+
+_APPEND_OUTBOX = """
+INSERT INTO outbox (event_id, event_key, payload)
+SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bytea[])
+"""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def request_hash(req: ExecutionCreate) -> bytes:
+    """Digest of a create request (with its id), to tell a retry from a conflicting reuse of the id."""
+    return hashlib.sha256(_hash_encoder.encode(req)).digest()
+
+
+def counts_of(row: asyncpg.Record) -> Counts:
+    return Counts(total=row["total"], passed=row["passed"], failed=row["failed"], skipped=row["skipped"],
+                  error=row["errored"])
+
+
+def execution_of(row: asyncpg.Record) -> Execution:
+    return Execution(
+        id=row["id"], project=row["project"], name=row["name"], status=row["status"],
+        started_at=row["started_at"], finished_at=row["finished_at"], environment=row["environment"],
+        branch=row["branch"], commit=row["commit_sha"], build_url=row["build_url"],
+        attributes=row["attributes"] or {}, counts=counts_of(row), duration_ms=row["duration_ms"],
+    )
+
+
+def derive_status(counts: Counts) -> str:
+    """The final status of an execution finished without an explicit one."""
+    if counts.failed:
+        return "failed"
+    if counts.error:
+        return "error"
+    return "passed"
+
+
+async def append_events(conn: asyncpg.Connection, events: Sequence[Envelope]) -> None:
+    if not events:
+        return
+    await conn.execute(
+        _APPEND_OUTBOX,
+        [uuid.UUID(e.id) for e in events],
+        [e.execution_id.encode() for e in events],
+        [encode_event(e) for e in events],
+    )
+
+
+def check_start_time(started_at: datetime, now: datetime, config: IngestConfig, field: str) -> None:
+    if started_at > now + timedelta(seconds=config.max_clock_skew_s):
+        raise ApiError(422, "invalid_field",
+                       f"start time {started_at.isoformat()} is more than {config.max_clock_skew_s} s in "
+                       "the future; check the harness's clock", field=field)
+
+
+# ---------------------------------------------------------------------------------- executions
+
+
+async def start_execution(conn: asyncpg.Connection, req: ExecutionCreate, config: IngestConfig, *,
+                          now: datetime | None = None,
+                          default_start: datetime | None = None) -> tuple[Execution, bool]:
+    """Create the execution, or return the existing one for a repeated request (``created`` False).
+
+    The start time is the request's, else ``default_start``, else now. Raises ApiError 409 when the
+    id exists with a different request body.
+    """
+    now = now or utcnow()
+    if req.id is None:
+        req = msgspec.structs.replace(req, id=uuid.uuid4())
+    digest = request_hash(req)
+    started_at = req.started_at or default_start or now
+    check_start_time(started_at, now, config, "started_at")
+    await conn.execute("INSERT INTO projects (key) VALUES ($1) ON CONFLICT DO NOTHING", req.project)
+    row = await conn.fetchrow(
+        _INSERT_EXECUTION, req.id, req.project, req.name, req.environment, req.branch, req.commit,
+        req.build_url, req.attributes, started_at, digest)
+    if row is None:
+        existing = await conn.fetchrow(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE id = $1", req.id)
+        if existing is None:  # created and deleted between the two statements: not a state we produce
+            raise ApiError(409, "conflict", f"execution {req.id} is being changed concurrently; retry")
+        if existing["request_hash"] != digest:
+            raise ApiError(409, "conflict",
+                           f"execution {req.id} already exists with different attributes; "
+                           "use a new id for a new execution", field="id")
+        return execution_of(existing), False
+    started = new_event(
+        "execution.started", project=req.project, execution_id=str(req.id), seq=1,
+        data=ExecutionStarted(name=req.name, started_at=started_at, environment=req.environment,
+                              branch=req.branch, commit=req.commit, build_url=req.build_url),
+    )
+    await append_events(conn, [started])
+    return execution_of(row), True
+
+
+async def _lock(conn: asyncpg.Connection, execution_id: uuid.UUID, authorize: Authorize) -> asyncpg.Record:
+    row = await conn.fetchrow(_LOCK_EXECUTION, execution_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"execution {execution_id} does not exist; start it with "
+                                         "POST /v1/executions")
+    authorize(row["project"])
+    return row
+
+
+# Order of the unnest arrays in _INSERT_RESULTS ($4..$15); attachments and attributes follow as JSON.
+_PLAIN_FIELDS = ("test_id", "attempt", "id", "name", "suite", "file", "status", "started_at", "duration_ms",
+                 "error_type", "error_message", "error_trace")
+
+
+def _columns(results: Sequence[ResultIn]) -> list[list]:
+    """Column arrays for the unnest insert."""
+    enc = _json.encode
+    cols = [[getattr(r, f) for r in results] for f in _PLAIN_FIELDS]
+    cols.append([enc(r.attachments).decode() if r.attachments else None for r in results])
+    cols.append([enc(r.attributes).decode() if r.attributes else None for r in results])
+    return cols
+
+
+async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results: Sequence[ResultIn],
+                      config: IngestConfig, authorize: Authorize) -> BatchAccepted:
+    """Store a batch; duplicates (same test_id + attempt, or same id) are skipped and counted."""
+    started = time.perf_counter()
+    lock = await _lock(conn, execution_id, authorize)
+    project = lock["project"]
+    rows = await conn.fetch(_INSERT_RESULTS, lock["started_at"], execution_id, project, *_columns(results))
+    by_status = dict.fromkeys(RESULT_STATUSES, 0)
+    duration = 0
+    failed_keys: set[tuple[str, int]] = set()
+    for r in rows:
+        by_status[r["status"]] = r["n"]
+        duration += r["ms"]
+        if r["failed_ids"]:
+            failed_keys.update(zip(r["failed_ids"], r["failed_attempts"]))
+    accepted = sum(by_status.values())
+    row = await conn.fetchrow(
+        _ADD_COUNTS, execution_id, accepted, by_status["passed"], by_status["failed"], by_status["skipped"],
+        by_status["error"], duration, 1 if accepted else 0)
+    totals = counts_of(row)
+    if accepted:
+        failed: list[FailedTest] = []
+        for r in results:
+            if (r.test_id, r.attempt) in failed_keys and len(failed) < config.event_max_failed:
+                failed.append(FailedTest(test_id=r.test_id, name=r.name, status=r.status, attempt=r.attempt,
+                                         error_type=r.error_type,
+                                         error_message=(r.error_message or "")[:1000] or None))
+                failed_keys.discard((r.test_id, r.attempt))  # a key repeated in the batch is listed once
+        event = new_event(
+            "results.recorded", project=project, execution_id=str(execution_id), seq=row["last_seq"],
+            data=ResultsRecorded(accepted=accepted, duplicates=len(results) - accepted,
+                                 counts={k: v for k, v in by_status.items() if v},
+                                 totals=msgspec.structs.asdict(totals), failed=failed,
+                                 failed_truncated=bool(failed_keys)),
+        )
+        await append_events(conn, [event])
+    for status, n in by_status.items():
+        if n:
+            metrics.RESULTS_INGESTED.labels(status).inc(n)
+    if len(results) > accepted:
+        metrics.RESULTS_DUPLICATE.inc(len(results) - accepted)
+    metrics.BATCH_SIZE.observe(len(results))
+    metrics.WRITE_LATENCY.labels("results").observe(time.perf_counter() - started)
+    return BatchAccepted(execution_id=execution_id, accepted=accepted, duplicates=len(results) - accepted,
+                         counts=totals)
+
+
+async def finish_execution(conn: asyncpg.Connection, execution_id: uuid.UUID, req: ExecutionFinish,
+                           authorize: Authorize, *, now: datetime | None = None) -> tuple[Execution, bool]:
+    """Set the final status (explicit or derived) and end time. Finishing again is harmless and
+    returns the execution as it is (``changed`` False); a different explicit status is a 409."""
+    await _lock(conn, execution_id, authorize)
+    current = await conn.fetchrow(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE id = $1", execution_id)
+    if current["status"] != "running":
+        if req.status is not None and req.status != current["status"]:
+            raise ApiError(409, "conflict", f"execution {execution_id} already finished as "
+                                            f"{current['status']!r}", field="status")
+        return execution_of(current), False
+    counts = counts_of(current)
+    status = req.status or derive_status(counts)
+    finished_at = req.finished_at or now or utcnow()
+    if finished_at < current["started_at"]:
+        raise ApiError(422, "invalid_field", "finished_at is before the execution's start "
+                                             f"({current['started_at'].isoformat()})", field="finished_at")
+    row = await conn.fetchrow(_FINISH, execution_id, status, finished_at)
+    event = new_event(
+        "execution.finished", project=row["project"], execution_id=str(execution_id), seq=row["last_seq"],
+        data=ExecutionFinished(status=status, finished_at=finished_at, totals=msgspec.structs.asdict(counts),
+                               duration_ms=int((finished_at - row["started_at"]).total_seconds() * 1000)),
+    )
+    await append_events(conn, [event])
+    return execution_of(row), True
