@@ -1,0 +1,127 @@
+-- Query service: indexes for the dashboard reads and an exact per-test daily rollup.
+--
+-- Execution-level aggregates (overview, trends) read only `executions`, whose counters ingest keeps
+-- exact; a covering index lets them run as index-only scans over the range.
+CREATE INDEX query_executions_project_started_cover ON executions (project, started_at)
+    INCLUDE (status, total, passed, failed, skipped, errored, duration_ms, environment, branch);
+
+-- Flaky tests: find the executions of one commit.
+CREATE INDEX query_executions_project_commit ON executions (project, commit_sha)
+    WHERE commit_sha IS NOT NULL;
+
+-- Per-test aggregates (failing, slowest, flaky, top failing tests) would otherwise scan every
+-- result of the range. This rollup holds one row per (project, UTC day of the execution start,
+-- environment, branch, test), so their cost grows with days x tests, not with results.
+--
+-- It is maintained by a statement-level AFTER INSERT trigger with a transition table: one
+-- aggregated, key-ordered upsert per INSERT/COPY statement of ingest, in ingest's own transaction,
+-- so it is exact (it commits or rolls back with the results) without a watermark or a worker.
+-- Rows are upserted in key order so that two concurrent ingest transactions touching the same tests
+-- wait for each other instead of deadlocking. Cost on ingest is measured by `scripts/bench query`.
+CREATE TABLE query_test_daily (
+    project        text    NOT NULL,
+    day            date    NOT NULL,
+    environment    text    NOT NULL,  -- '' when the execution has none
+    branch         text    NOT NULL,  -- '' when the execution has none
+    test_id        text    NOT NULL,
+    name           text    NOT NULL,  -- latest seen
+    suite          text,
+    runs           integer NOT NULL,  -- attempts
+    passed         integer NOT NULL,
+    failed         integer NOT NULL,
+    skipped        integer NOT NULL,
+    errored        integer NOT NULL,
+    retry_passed   integer NOT NULL,  -- passed on an attempt > 1 (flaky)
+    duration_sum   bigint  NOT NULL,
+    duration_count integer NOT NULL,  -- attempts with a duration
+    duration_max   integer,
+    last_failed_at timestamptz,       -- start of the latest execution with a failure/error
+    PRIMARY KEY (project, day, environment, branch, test_id)
+);
+
+-- Failing tests and top failing tests only read the days' rows with failures.
+CREATE INDEX query_test_daily_failures ON query_test_daily (project, day)
+    INCLUDE (test_id, failed, errored, runs) WHERE failed + errored > 0;
+
+CREATE FUNCTION atas_query_rollup_results() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO query_test_daily AS t (
+        project, day, environment, branch, test_id, name, suite, runs, passed, failed, skipped,
+        errored, retry_passed, duration_sum, duration_count, duration_max, last_failed_at)
+    SELECT n.project,
+           (n.execution_started_at AT TIME ZONE 'UTC')::date,
+           coalesce(e.environment, ''),
+           coalesce(e.branch, ''),
+           n.test_id,
+           max(n.name),
+           max(n.suite),
+           count(*),
+           count(*) FILTER (WHERE n.status = 'passed'),
+           count(*) FILTER (WHERE n.status = 'failed'),
+           count(*) FILTER (WHERE n.status = 'skipped'),
+           count(*) FILTER (WHERE n.status = 'error'),
+           count(*) FILTER (WHERE n.status = 'passed' AND n.attempt > 1),
+           coalesce(sum(n.duration_ms), 0),
+           count(n.duration_ms),
+           max(n.duration_ms),
+           max(n.execution_started_at) FILTER (WHERE n.status IN ('failed', 'error'))
+    FROM new_results n
+    LEFT JOIN executions e ON e.id = n.execution_id
+    GROUP BY 1, 2, 3, 4, 5
+    ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (project, day, environment, branch, test_id) DO UPDATE SET
+        name           = excluded.name,
+        suite          = coalesce(excluded.suite, t.suite),
+        runs           = t.runs + excluded.runs,
+        passed         = t.passed + excluded.passed,
+        failed         = t.failed + excluded.failed,
+        skipped        = t.skipped + excluded.skipped,
+        errored        = t.errored + excluded.errored,
+        retry_passed   = t.retry_passed + excluded.retry_passed,
+        duration_sum   = t.duration_sum + excluded.duration_sum,
+        duration_count = t.duration_count + excluded.duration_count,
+        duration_max   = greatest(t.duration_max, excluded.duration_max),
+        last_failed_at = greatest(t.last_failed_at, excluded.last_failed_at);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER query_rollup_results AFTER INSERT ON results
+    REFERENCING NEW TABLE AS new_results
+    FOR EACH STATEMENT EXECUTE FUNCTION atas_query_rollup_results();
+
+-- Results deleted one by one (not by dropping a partition) are subtracted again, so the rollup
+-- stays equal to a recount (rows left at runs = 0 are ignored by the reads). Retention that drops
+-- whole partitions should delete the matching days of the rollup in the same transaction.
+CREATE FUNCTION atas_query_rollup_results_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE query_test_daily t SET
+        runs           = t.runs - d.runs,
+        passed         = t.passed - d.passed,
+        failed         = t.failed - d.failed,
+        skipped        = t.skipped - d.skipped,
+        errored        = t.errored - d.errored,
+        retry_passed   = t.retry_passed - d.retry_passed,
+        duration_sum   = t.duration_sum - d.duration_sum,
+        duration_count = t.duration_count - d.duration_count
+    FROM (
+        SELECT o.project, (o.execution_started_at AT TIME ZONE 'UTC')::date AS day,
+               coalesce(e.environment, '') AS environment, coalesce(e.branch, '') AS branch, o.test_id,
+               count(*) AS runs,
+               count(*) FILTER (WHERE o.status = 'passed') AS passed,
+               count(*) FILTER (WHERE o.status = 'failed') AS failed,
+               count(*) FILTER (WHERE o.status = 'skipped') AS skipped,
+               count(*) FILTER (WHERE o.status = 'error') AS errored,
+               count(*) FILTER (WHERE o.status = 'passed' AND o.attempt > 1) AS retry_passed,
+               coalesce(sum(o.duration_ms), 0) AS duration_sum,
+               count(o.duration_ms) AS duration_count
+        FROM old_results o LEFT JOIN executions e ON e.id = o.execution_id
+        GROUP BY 1, 2, 3, 4, 5
+    ) d
+    WHERE (t.project, t.day, t.environment, t.branch, t.test_id)
+        = (d.project, d.day, d.environment, d.branch, d.test_id);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER query_rollup_results_deleted AFTER DELETE ON results
+    REFERENCING OLD TABLE AS old_results
+    FOR EACH STATEMENT EXECUTE FUNCTION atas_query_rollup_results_deleted();

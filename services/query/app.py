@@ -1,0 +1,68 @@
+"""The query service: ``setup(app)`` adds the read API, its cache and the invalidation consumer.
+
+Composable with ingest and stream on one app (``atas dev``): only GET routes, its own app keys,
+readiness check names and OpenAPI fragment, no middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiohttp import web
+
+from atas.common.app import add_openapi
+from atas.common.engines import ENGINES
+from atas.common.logging import get_logger
+
+from .cache import MemoryCacheEngine, RedisCacheEngine, ResponseCache
+from .config import QueryConfig, load_query_config
+from .invalidation import Invalidator
+from .openapi import fragment
+from .repository import QueryRepository
+from .routes import QUERY_STATE, ROUTES, QueryState
+
+log = get_logger(__name__)
+
+STOP_TIMEOUT_S = 10.0
+
+
+def setup(app: web.Application, config: QueryConfig | None = None) -> None:
+    """Register the query routes, the cache engine and the invalidation consumer on ``app``.
+
+    ``install_engines`` must have run on ``app`` first (its context opens the pool and Redis).
+    """
+    config = config or load_query_config()
+    state = QueryState(config, ResponseCache(MemoryCacheEngine(config.memory_cache_entries),
+                                             lock_ttl_ms=config.lock_ttl_ms, retry_ms=config.redis_retry_ms))
+    app[QUERY_STATE] = state
+    for path, handler in ROUTES:
+        app.router.add_get(path, handler, allow_head=False)
+    add_openapi(app, fragment())
+
+    async def context(app_: web.Application):
+        engines = app_[ENGINES]
+        if engines.redis is not None:
+            state.cache.engine = RedisCacheEngine(engines.redis)
+        if engines.pool is not None:
+            state.repo = QueryRepository(engines.pool)
+        task = None
+        stop = asyncio.Event()
+        if config.invalidation_enabled:
+            invalidator = Invalidator(engines.bus, state.cache)
+            state.invalidator = invalidator
+            task = asyncio.create_task(invalidator.run(stop), name="atas-query-invalidator")
+        log.info("query service ready", cache="redis" if engines.redis is not None else "in-process",
+                 invalidation=config.invalidation_enabled)
+        yield
+        stop.set()
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("invalidation consumer did not stop in time; cancelled")
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app.cleanup_ctx.append(context)

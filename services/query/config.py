@@ -1,0 +1,65 @@
+"""Query service configuration: a frozen struct read once from the environment.
+
+The cache TTLs themselves are common settings (``CACHE_TTL_*`` in :class:`atas.common.config.Settings`);
+what is here only concerns the read path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+from atas.common.config import ConfigError, EnvReader
+
+
+class QueryConfig(msgspec.Struct, frozen=True):
+    """Knobs of the query service. Tests construct it directly."""
+
+    # The widest `from`..`to` a request may ask for. Per-test aggregates cost days x tests, so an
+    # unbounded range is an unbounded query; 400 days covers "this year vs last year" dashboards.
+    max_range_days: int = 400
+    # Range used when a request sends neither `from` nor `to`: the last 7 days.
+    default_range_days: int = 7
+    # Default and maximum page size of the list endpoints (keyset pages).
+    default_page_size: int = 50
+    max_page_size: int = 200
+    # TTL of per-test aggregates (failing, slowest, flaky): as cheap to recompute as trends.
+    cache_ttl_tests: int = 120
+    # A miss holds a Redis lock this long while it aggregates; other pods wait for the value instead
+    # of running the same query. Longer than the slowest aggregation, short enough that a crashed
+    # holder does not stall its waiters for long (they then aggregate themselves).
+    lock_ttl_ms: int = 5000
+    # After a Redis error, requests skip Redis for this long (X-Cache: bypass) instead of each one
+    # paying a connection timeout; then the next request tries again, so recovery is automatic.
+    redis_retry_ms: int = 1000
+    # Entries the in-process cache engine keeps at most (atas dev, no Redis); least recently used go.
+    memory_cache_entries: int = 10_000
+    # Whether this process runs the Kafka consumer that invalidates status and recent-page entries.
+    invalidation_enabled: bool = True
+
+
+def load_query_config(env: Mapping[str, str] | None = None) -> QueryConfig:
+    """Read :class:`QueryConfig` from the environment, or raise :class:`ConfigError`."""
+    e = EnvReader(os.environ if env is None else env)
+    config = QueryConfig(
+        max_range_days=e.int("QUERY_MAX_RANGE_DAYS", 400, lo=1, hi=3660),
+        default_range_days=e.int("QUERY_DEFAULT_RANGE_DAYS", 7, lo=1, hi=3660),
+        default_page_size=e.int("QUERY_DEFAULT_PAGE_SIZE", 50, lo=1, hi=200),
+        max_page_size=e.int("QUERY_MAX_PAGE_SIZE", 200, lo=1, hi=200),
+        cache_ttl_tests=e.int("CACHE_TTL_TESTS", 120, lo=0),
+        lock_ttl_ms=e.int("QUERY_CACHE_LOCK_MS", 5000, lo=100, hi=120_000),
+        redis_retry_ms=e.int("QUERY_REDIS_RETRY_MS", 1000, lo=0, hi=60_000),
+        memory_cache_entries=e.int("QUERY_MEMORY_CACHE_ENTRIES", 10_000, lo=1),
+        invalidation_enabled=(e.str("QUERY_INVALIDATION", "on") or "on").lower() not in ("off", "0", "false"),
+    )
+    if config.default_range_days > config.max_range_days:
+        e.problems.append(f"QUERY_DEFAULT_RANGE_DAYS ({config.default_range_days}) must not exceed "
+                          f"QUERY_MAX_RANGE_DAYS ({config.max_range_days})")
+    if config.default_page_size > config.max_page_size:
+        e.problems.append(f"QUERY_DEFAULT_PAGE_SIZE ({config.default_page_size}) must not exceed "
+                          f"QUERY_MAX_PAGE_SIZE ({config.max_page_size})")
+    if e.problems:
+        raise ConfigError(e.problems)
+    return config

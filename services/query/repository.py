@@ -1,0 +1,295 @@
+"""Read-only SQL of the query service: every aggregation runs in PostgreSQL.
+
+:class:`QueryRepository` only reads (``executions``, ``results`` and the rollup
+``query_test_daily`` that a trigger keeps; see ``V020__query_rollups.sql``). Execution-level
+aggregates read the executions' exact counters through a covering index, per-test aggregates read
+the daily rollup, and lists are keyset pages over indexes, so a page deep in the list costs what
+the first one does.
+
+SQL is assembled from fixed fragments with only the filters a request uses, so each variant gets a
+plan fit for it (a catch-all ``$n IS NULL OR col = $n`` would share one generic plan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What every dashboard read filters on."""
+
+    project: str
+    start: datetime
+    end: datetime  # exclusive
+    environment: str | None = None
+    branch: str | None = None
+
+
+class _Where:
+    """Collects ``col = $n`` conditions and their arguments."""
+
+    def __init__(self, *args: Any):
+        self.args: list[Any] = list(args)
+        self.parts: list[str] = []
+
+    def arg(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    def add(self, sql: str) -> None:
+        self.parts.append(sql)
+
+    def eq(self, column: str, value: Any) -> None:
+        if value is not None:
+            self.add(f"{column} = {self.arg(value)}")
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.parts)
+
+
+_EXEC_STATUS = """
+    count(*) FILTER (WHERE status = 'running')   AS ex_running,
+    count(*) FILTER (WHERE status = 'passed')    AS ex_passed,
+    count(*) FILTER (WHERE status = 'failed')    AS ex_failed,
+    count(*) FILTER (WHERE status = 'error')     AS ex_error,
+    count(*) FILTER (WHERE status = 'cancelled') AS ex_cancelled,
+    coalesce(sum(total), 0)   AS results,
+    coalesce(sum(passed), 0)  AS passed,
+    coalesce(sum(failed), 0)  AS failed,
+    coalesce(sum(skipped), 0) AS skipped,
+    coalesce(sum(errored), 0) AS errored"""
+
+_EXECUTION_COLUMNS = """id, project, name, environment, branch, commit_sha, build_url, status, started_at,
+    finished_at, updated_at, total, passed, failed, skipped, errored, duration_ms, attributes"""
+
+
+def _executions_where(scope: Scope) -> _Where:
+    w = _Where(scope.project, scope.start, scope.end)
+    w.add("project = $1 AND started_at >= $2 AND started_at < $3")
+    w.eq("environment", scope.environment)
+    w.eq("branch", scope.branch)
+    return w
+
+
+def _daily_where(scope: Scope, first_day: date, end_day: date, alias: str = "") -> _Where:
+    p = f"{alias}." if alias else ""
+    w = _Where(scope.project, first_day, end_day)
+    w.add(f"{p}project = $1 AND {p}day >= $2 AND {p}day < $3")
+    w.eq(f"{p}environment", scope.environment)
+    w.eq(f"{p}branch", scope.branch)
+    return w
+
+
+_STEPS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
+
+
+class QueryRepository:
+    """Read-only access for the dashboards. Never writes; holds no state but the pool."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+
+    # ------------------------------------------------------------------ execution aggregates
+    async def overview(self, scope: Scope) -> asyncpg.Record:
+        w = _executions_where(scope)
+        sql = f"""
+            SELECT count(*) AS executions, {_EXEC_STATUS},
+                   avg(duration_ms) FILTER (WHERE status <> 'running') AS duration_mean,
+                   percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)
+                       FILTER (WHERE status <> 'running') AS duration_p95
+            FROM executions WHERE {w.sql}"""
+        async with self._pool.acquire() as conn:
+            return await conn.fetchrow(sql, *w.args)
+
+    async def trends(self, scope: Scope, bucket: str) -> list[asyncpg.Record]:
+        """One row per bucket of the range, empty buckets included (zeros), oldest first."""
+        w = _executions_where(scope)
+        unit = w.arg(bucket)
+        step = w.arg(_STEPS[bucket])
+        sql = f"""
+            WITH agg AS (
+                SELECT date_trunc({unit}, started_at, 'UTC') AS bucket, count(*) AS executions,
+                       {_EXEC_STATUS},
+                       percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms)
+                           FILTER (WHERE status <> 'running') AS duration_p50,
+                       percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)
+                           FILTER (WHERE status <> 'running') AS duration_p95
+                FROM executions WHERE {w.sql}
+                GROUP BY 1
+            )
+            SELECT s.bucket, coalesce(a.executions, 0) AS executions,
+                   coalesce(a.ex_running, 0) AS ex_running, coalesce(a.ex_passed, 0) AS ex_passed,
+                   coalesce(a.ex_failed, 0) AS ex_failed, coalesce(a.ex_error, 0) AS ex_error,
+                   coalesce(a.ex_cancelled, 0) AS ex_cancelled, coalesce(a.results, 0) AS results,
+                   coalesce(a.passed, 0) AS passed, coalesce(a.failed, 0) AS failed,
+                   coalesce(a.skipped, 0) AS skipped, coalesce(a.errored, 0) AS errored,
+                   a.duration_p50, a.duration_p95
+            FROM generate_series(date_trunc({unit}, $2::timestamptz, 'UTC'),
+                                 $3::timestamptz - interval '1 microsecond',
+                                 {step}::interval, 'UTC') AS s(bucket)
+            LEFT JOIN agg a ON a.bucket = s.bucket
+            ORDER BY s.bucket"""
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(sql, *w.args)
+
+    # ------------------------------------------------------------------ executions
+    async def execution(self, execution_id: str) -> asyncpg.Record | None:
+        async with self._pool.acquire() as conn:
+            return await conn.fetchrow(f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE id = $1",
+                                       execution_id)
+
+    async def executions_page(self, project: str, *, limit: int, after: tuple[datetime, str] | None,
+                              environment: str | None, branch: str | None, status: str | None,
+                              start: datetime | None, end: datetime | None) -> list[asyncpg.Record]:
+        """Newest first by (started_at, id); ``after`` is the last row of the previous page."""
+        w = _Where(project)
+        w.add("project = $1")
+        w.eq("environment", environment)
+        w.eq("branch", branch)
+        w.eq("status", status)
+        if start is not None:
+            w.add(f"started_at >= {w.arg(start)}")
+        if end is not None:
+            w.add(f"started_at < {w.arg(end)}")
+        if after is not None:
+            w.add(f"(started_at, id) < ({w.arg(after[0])}, {w.arg(after[1])}::uuid)")
+        sql = (f"SELECT {_EXECUTION_COLUMNS} FROM executions WHERE {w.sql} "
+               f"ORDER BY started_at DESC, id DESC LIMIT {w.arg(limit)}")
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(sql, *w.args)
+
+    async def results_page(self, started_at: datetime, execution_id: str, *, limit: int,
+                           after: tuple[str, int] | None, statuses: list[str] | None) -> list[asyncpg.Record]:
+        """Results of one execution by (test_id, attempt): a range scan of the primary key."""
+        w = _Where(started_at, execution_id)
+        w.add("execution_started_at = $1 AND execution_id = $2::uuid")
+        if statuses:
+            w.add(f"status = ANY({w.arg(statuses)}::text[])")
+        if after is not None:
+            w.add(f"(test_id, attempt) > ({w.arg(after[0])}, {w.arg(after[1])})")
+        sql = f"""SELECT test_id, attempt, id, name, suite, file, status, started_at, duration_ms,
+                         error_type, error_message, error_trace, attachments
+                  FROM results WHERE {w.sql} ORDER BY test_id, attempt LIMIT {w.arg(limit)}"""
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(sql, *w.args)
+
+    # ------------------------------------------------------------------ per-test aggregates
+    async def top_failing(self, scope: Scope, first_day: date, end_day: date, limit: int,
+                          *, with_runs: bool) -> list[asyncpg.Record]:
+        """Tests by failures (failed + error attempts) over whole UTC days, from the rollup.
+
+        Without ``with_runs`` only the days with failures are read (a partial index); with it, the
+        test's runs over the whole range are summed too, for a failure rate.
+        """
+        w = _daily_where(scope, first_day, end_day)
+        if not with_runs:
+            w.add("failed + errored > 0")
+        sql = f"""
+            SELECT test_id, max(name) AS name, max(suite) AS suite,
+                   sum(failed + errored)::bigint AS failures, sum(runs)::bigint AS runs,
+                   max(last_failed_at) AS last_failed_at
+            FROM query_test_daily WHERE {w.sql}
+            GROUP BY test_id HAVING sum(failed + errored) > 0
+            ORDER BY failures DESC, test_id LIMIT {w.arg(limit)}"""
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(sql, *w.args)
+
+    async def slowest(self, scope: Scope, first_day: date, end_day: date, limit: int) -> list[asyncpg.Record]:
+        w = _daily_where(scope, first_day, end_day)
+        sql = f"""
+            SELECT test_id, max(name) AS name, max(suite) AS suite, sum(runs)::bigint AS runs,
+                   sum(duration_sum)::float8 / sum(duration_count) AS mean_ms,
+                   max(duration_max) AS max_ms
+            FROM query_test_daily WHERE {w.sql}
+            GROUP BY test_id HAVING sum(duration_count) > 0
+            ORDER BY mean_ms DESC, test_id LIMIT {w.arg(limit)}"""
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(sql, *w.args)
+
+    async def flaky(self, scope: Scope, first_day: date, end_day: date, limit: int) -> list[asyncpg.Record]:
+        """Tests that passed and failed on the same commit, or passed on a retry attempt.
+
+        Retry passes come from the rollup. Same-commit flips start from the failures of the range
+        (the partial index ``results_project_failures``) and probe, per failing (test, commit), for a
+        passing attempt in an execution of that commit: the cost follows failures, not results.
+        """
+        w = _Where(scope.project, first_day, end_day)
+        ew = []
+        if scope.environment is not None:
+            ew.append(f"environment = {w.arg(scope.environment)}")
+        if scope.branch is not None:
+            ew.append(f"branch = {w.arg(scope.branch)}")
+        e_filter = "".join(f" AND e.{c}" for c in ew)
+        e2_filter = "".join(f" AND e2.{c}" for c in ew)
+        d_filter = "".join(f" AND d.{c}" for c in ew)
+        lim = w.arg(limit)
+        sql = f"""
+            WITH bounds AS (
+                SELECT ($2::date)::timestamp AT TIME ZONE 'UTC' AS lo,
+                       ($3::date)::timestamp AT TIME ZONE 'UTC' AS hi
+            ), fails AS (
+                SELECT DISTINCT r.test_id, e.commit_sha
+                FROM bounds b, results r JOIN executions e ON e.id = r.execution_id
+                WHERE r.project = $1 AND r.execution_started_at >= b.lo AND r.execution_started_at < b.hi
+                  AND r.status IN ('failed', 'error') AND e.commit_sha IS NOT NULL{e_filter}
+            ), flips AS (
+                SELECT f.test_id, count(*) AS flaky_commits
+                FROM fails f, bounds b
+                WHERE EXISTS (
+                    SELECT 1 FROM executions e2
+                    JOIN results r2 ON r2.execution_started_at = e2.started_at
+                                   AND r2.execution_id = e2.id AND r2.test_id = f.test_id
+                    WHERE e2.project = $1 AND e2.commit_sha = f.commit_sha
+                      AND e2.started_at >= b.lo AND e2.started_at < b.hi
+                      AND r2.status = 'passed'{e2_filter})
+                GROUP BY f.test_id
+            ), retries AS (
+                SELECT d.test_id, sum(d.retry_passed)::bigint AS retry_passes
+                FROM query_test_daily d
+                WHERE d.project = $1 AND d.day >= $2 AND d.day < $3 AND d.retry_passed > 0{d_filter}
+                GROUP BY d.test_id
+            ), flaky AS (
+                SELECT coalesce(f.test_id, r.test_id) AS test_id,
+                       coalesce(f.flaky_commits, 0) AS flaky_commits,
+                       coalesce(r.retry_passes, 0) AS retry_passes
+                FROM flips f FULL JOIN retries r ON r.test_id = f.test_id
+                ORDER BY flaky_commits + retry_passes DESC, test_id
+                LIMIT {lim}
+            )
+            SELECT k.test_id, k.flaky_commits, k.retry_passes,
+                   max(d.name) AS name, max(d.suite) AS suite, coalesce(sum(d.runs), 0)::bigint AS runs
+            FROM flaky k LEFT JOIN query_test_daily d
+              ON d.project = $1 AND d.day >= $2 AND d.day < $3 AND d.test_id = k.test_id{d_filter}
+            GROUP BY k.test_id, k.flaky_commits, k.retry_passes
+            ORDER BY k.flaky_commits + k.retry_passes DESC, k.test_id"""
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(sql, *w.args)
+
+    async def history(self, project: str, test_id: str, *, start: datetime, end: datetime, limit: int,
+                      after: tuple[datetime, str, int] | None, environment: str | None,
+                      branch: str | None) -> list[asyncpg.Record]:
+        """Attempts of one test, newest first, keyset by (execution start, execution id, attempt)."""
+        w = _Where(project, test_id, start, end)
+        w.add("r.project = $1 AND r.test_id = $2 AND r.execution_started_at >= $3 "
+              "AND r.execution_started_at < $4")
+        w.eq("e.environment", environment)
+        w.eq("e.branch", branch)
+        if after is not None:
+            w.add(f"(r.execution_started_at, r.execution_id, r.attempt) < "
+                  f"({w.arg(after[0])}, {w.arg(after[1])}::uuid, {w.arg(after[2])})")
+        sql = f"""
+            SELECT r.execution_id, e.name AS execution_name, r.execution_started_at, e.environment,
+                   e.branch, e.commit_sha, r.attempt, r.status, r.duration_ms, r.error_type,
+                   r.error_message
+            FROM results r JOIN executions e ON e.id = r.execution_id
+            WHERE {w.sql}
+            ORDER BY r.execution_started_at DESC, r.execution_id DESC, r.attempt DESC
+            LIMIT {w.arg(limit)}"""
+        async with self._pool.acquire() as conn:
+            return await conn.fetch(sql, *w.args)
