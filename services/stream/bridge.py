@@ -1,0 +1,192 @@
+"""The Kafka → history bridge: a consumer group spread over the stream pods.
+
+Filter → decode → write (history append + publish, one atomic script per event) → commit. Offsets
+are committed only after Redis accepted the batch, so a crash redelivers, and the append script
+drops redeliveries by event id: every event is published once.
+
+Redis down: the bridge keeps consuming, hands what it consumes straight to this pod's clients
+(without a position: they get the event now, and its position once it is written), and keeps the
+batch pending, uncommitted. Pending events are written, in order, as soon as Redis answers again;
+only then is the offset committed. At ``MAX_PENDING`` events it stops consuming (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import msgspec
+
+from atas.common.bus import EventBus, EventSubscription, Message
+from atas.common.events import Envelope
+from atas.common.logging import get_logger
+
+from . import metrics
+from .fanout import Hub
+from .history import Event, History
+
+log = get_logger(__name__)
+
+_decoder = msgspec.json.Decoder(Envelope)
+
+
+class Bridge:
+    """Consumes ``settings.kafka.topic`` in group ``bridge_group`` and feeds the history."""
+
+    POLL_S = 0.5
+    # Commit positions every this often even without events, so a partition moving to another pod
+    # in a rebalance resumes where this one was instead of at "latest".
+    IDLE_COMMIT_S = 5.0
+    RETRY_MAX_S = 5.0
+    # Events held uncommitted while Redis is down before consumption pauses.
+    MAX_PENDING = 10_000
+
+    def __init__(self, bus: EventBus, history: History, hub: Hub, *, group: str, batch: int,
+                 client_id: str = "atas-stream"):
+        self._bus = bus
+        self._history = history
+        self._hub = hub
+        self._group = group
+        self._batch = batch
+        self._client_id = client_id
+        self._sub: EventSubscription | None = None
+        self._task: asyncio.Task | None = None
+        self._pending: list[tuple[str, str, bytes]] = []
+        self._pending_ts: float | None = None
+        self._uncommitted = False
+        self._last_commit = 0.0
+        self._retry_at = 0.0
+        self._backoff = 0.2
+        self.ready = asyncio.Event()  # assigned partitions and polled once: new events will be seen
+
+    @property
+    def assigned(self) -> bool:
+        """True while this bridge owns partitions."""
+        return self._sub is not None and self._sub.assigned()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="stream-bridge")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            sub = self._bus.subscription(self._group, client_id=self._client_id)
+            try:
+                await sub.start()
+                self._sub = sub
+                backoff = 0.5
+                await self._consume(sub)
+            except asyncio.CancelledError:
+                await self._final_flush(sub)
+                raise
+            except Exception as exc:  # noqa: BLE001 - the bridge must outlive any broker hiccup
+                log.warning("bridge consumer failed; restarting", error=f"{type(exc).__name__}: {exc}")
+            finally:
+                self._sub = None
+                self.ready.clear()
+                metrics.BRIDGE_ASSIGNED.set(0)
+                with contextlib.suppress(Exception):
+                    await sub.stop()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def _consume(self, sub: EventSubscription) -> None:
+        while True:
+            if len(self._pending) < self.MAX_PENDING:
+                messages = await sub.poll(self.POLL_S, self._batch)
+            else:
+                messages = []
+                await asyncio.sleep(self.POLL_S)
+            assigned = sub.assigned()
+            metrics.BRIDGE_ASSIGNED.set(1 if assigned else 0)
+            if assigned:
+                self.ready.set()
+            if messages:
+                self._accept(messages)
+            await self._flush()
+            now = time.monotonic()
+            if not self._pending and (self._uncommitted or (assigned and now - self._last_commit > self.IDLE_COMMIT_S)):
+                await self._commit(sub)
+
+    def _accept(self, messages: list[Message]) -> None:
+        local: list[tuple[str, Event]] = []
+        redis_down = bool(self._pending)
+        for m in messages:
+            try:
+                env = _decoder.decode(m.value)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                # Poison record: nothing could ever process it, so it must not block the partition.
+                metrics.BRIDGE_EVENTS.labels("invalid").inc()
+                log.error("undecodable event skipped", partition=m.partition, offset=m.offset, error=str(exc))
+                continue
+            self._pending.append((env.project, env.id, m.value))
+            if redis_down:
+                local.append((env.project, Event(None, m.value)))
+        if self._pending_ts is None and messages:
+            stamps = [m.timestamp_ms for m in messages if m.timestamp_ms]
+            self._pending_ts = min(stamps) / 1000 if stamps else time.time()
+        self._uncommitted = True
+        for project, event in local:
+            self._hub.deliver(project, event)
+            metrics.BRIDGE_EVENTS.labels("local_only").inc()
+
+    async def _flush(self) -> None:
+        if not self._pending or time.monotonic() < self._retry_at:
+            metrics.BRIDGE_PENDING.set(len(self._pending))
+            return
+        batch = self._pending
+        try:
+            positions = await self._history.append(batch)
+        except Exception as exc:  # noqa: BLE001 - Redis errors come in many types (connection, timeout, OOM)
+            if self._backoff <= 0.2:
+                log.warning("history write failed; delivering to local clients only until Redis is back",
+                            error=f"{type(exc).__name__}: {exc}", pending=len(batch))
+                # The first failure of an outage: this batch was not delivered locally yet.
+                for project, _eid, payload in batch:
+                    self._hub.deliver(project, Event(None, payload))
+                    metrics.BRIDGE_EVENTS.labels("local_only").inc()
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, self.RETRY_MAX_S)
+            metrics.BRIDGE_PENDING.set(len(batch))
+            return
+        if self._backoff > 0.2:
+            log.info("history writes resumed", written=len(batch))
+        self._backoff = 0.2
+        self._retry_at = 0.0
+        self._pending = []
+        published = sum(1 for p in positions if p is not None)
+        metrics.BRIDGE_EVENTS.labels("published").inc(published)
+        metrics.BRIDGE_EVENTS.labels("duplicate").inc(len(positions) - published)
+        if self._pending_ts is not None:
+            metrics.BRIDGE_LAG.observe(max(0.0, time.time() - self._pending_ts))
+            self._pending_ts = None
+        metrics.BRIDGE_PENDING.set(0)
+
+    async def _commit(self, sub: EventSubscription) -> None:
+        try:
+            await sub.commit()
+        except Exception as exc:  # noqa: BLE001 - e.g. a rebalance; the records are redelivered, deduped
+            log.warning("bridge commit failed; records may be redelivered (they are deduplicated)",
+                        error=f"{type(exc).__name__}: {exc}")
+            return
+        self._uncommitted = False
+        self._last_commit = time.monotonic()
+
+    async def _final_flush(self, sub: EventSubscription) -> None:
+        """On shutdown: write what is pending (briefly) and commit, so the next owner starts after it."""
+        if not self._uncommitted:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(3):
+                self._retry_at = 0.0
+                await self._flush()
+                if not self._pending:
+                    await sub.commit()

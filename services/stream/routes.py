@@ -1,0 +1,277 @@
+"""``GET /v1/stream``: live events of one project as Server-Sent Events, with resume.
+
+The writer of one stream (:class:`Session`) does, in a loop: catch up from history when live
+delivery may have a hole (at connect, after a Pub/Sub outage), write what the fan-out queued,
+send a heartbeat when idle, and end the stream — with a final ``event: end`` saying why — when the
+client is too slow, its token expires or the process shuts down.
+
+Resume without duplicates or holes: the client is registered (its project subscribed) *before* the
+history is read; live events arriving meanwhile wait in its queue; the replay writes everything
+after ``Last-Event-ID``; queued events at or before the last replayed position are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+
+from atas.common.app import SETTINGS
+from atas.common.auth import require
+from atas.common.errors import ApiError, parse_query
+from atas.common.events import EVENT_TYPES
+from atas.common.logging import get_logger
+
+from . import metrics
+from .fanout import Client
+from .history import Pos, parse_pos
+from .sse import END_SHUTDOWN, END_SLOW, END_TOKEN, HEARTBEAT, end_frame, id_frame, reset_frame, retry_frame
+from .state import STREAM, StreamState
+
+log = get_logger(__name__)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    # no-transform: proxies must not compress or re-chunk (that would buffer events).
+    "Cache-Control": "no-cache, no-transform",
+    # nginx (and ingress-nginx) would otherwise buffer the response.
+    "X-Accel-Buffering": "no",
+}
+
+
+class StreamQuery(msgspec.Struct):
+    project: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    execution: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    types: str | None = None
+    last_event_id: str | None = None
+    access_token: str | None = None
+
+
+def _parse_types(raw: str | None) -> frozenset[str] | None:
+    if raw is None or not raw.strip():
+        return None
+    types = frozenset(t.strip() for t in raw.split(",") if t.strip())
+    unknown = sorted(types - set(EVENT_TYPES))
+    if unknown:
+        raise ApiError(400, "invalid_parameter",
+                       f"unknown event type(s) {', '.join(unknown)} in query parameter `types`; "
+                       f"valid: {', '.join(EVENT_TYPES)}", field="types")
+    return types
+
+
+def _unavailable(reason: str, message: str, retry_after: int) -> ApiError:
+    metrics.REJECTED.labels(reason).inc()
+    return ApiError(503, reason, message, headers={"Retry-After": str(retry_after)})
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    state = request.app[STREAM]
+    cfg = state.config
+    query = parse_query(StreamQuery, request)
+    types = _parse_types(query.types)
+    principal = require(request, request.app[SETTINGS].jwt_secret, "stream:read", query.project,
+                        allow_query=True)
+    if state.hub.draining:
+        raise _unavailable("draining", "this server is shutting down; retry on another", cfg.retry_after_s)
+    if state.hub.count >= cfg.max_connections:
+        raise _unavailable("capacity", f"this server holds its maximum of {cfg.max_connections} streams",
+                           cfg.retry_after_s)
+    raw_last = request.headers.get("Last-Event-ID") or query.last_event_id
+    resumed = bool(raw_last and raw_last.strip())
+    client = Client(query.project, execution=query.execution, types=types, limit=cfg.client_queue,
+                    cursor=parse_pos(raw_last) if resumed else None)
+    session = Session(state, request, client, resumed=resumed, expires_at=principal.expires_at)
+    return await session.run()
+
+
+class Session:
+    """The writer of one SSE stream."""
+
+    def __init__(self, state: StreamState, request: web.Request, client: Client, *, resumed: bool,
+                 expires_at: float | None):
+        self.state = state
+        self.cfg = state.config
+        self.request = request
+        self.client = client
+        self.resumed = resumed
+        self.expires_at = expires_at
+        self.sent: Pos | None = client.cursor if resumed else None  # the client's lastEventId
+        self.resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        self.last_write = time.monotonic()
+
+    async def run(self) -> web.StreamResponse:
+        state, client = self.state, self.client
+        state.hub.add(client)
+        reason = "client"
+        metrics.CONNECTS.labels("resume" if self.resumed else "fresh").inc()
+        try:
+            fanout = state.fanout
+            assert fanout is not None, "stream service not started"
+            # Subscribe first; the history is read only once live delivery is on (see module doc).
+            await fanout.watch(client.project)
+            if not self.resumed and fanout.active(client.project):
+                try:
+                    client.cursor = await state.history.tail(client.project)
+                except Exception as exc:  # noqa: BLE001 - Redis down: the client gets a reset later
+                    log.warning("history unavailable at connect", error=f"{type(exc).__name__}: {exc}")
+            await self.resp.prepare(self.request)
+            await self._write(retry_frame(self.cfg.retry_ms) + b"\n")
+            reason = await self._loop()
+        except ConnectionError:  # the client went away (aiohttp raises several flavours)
+            reason = "client"
+        except TimeoutError:
+            reason = END_SLOW  # a write did not complete within write_timeout_s
+        finally:
+            state.hub.remove(client)
+            metrics.DISCONNECTS.labels(reason).inc()
+        return self.resp
+
+    async def _loop(self) -> str:
+        client, fanout, cfg = self.client, self.state.fanout, self.cfg
+        while True:
+            client.wake.clear()
+            if client.ended is not None:
+                return await self._finish(client.ended)
+            if self.expires_at is not None and time.time() >= self.expires_at:
+                client.end(END_TOKEN)
+                continue
+            if client.needs_sync and fanout.active(client.project):
+                await self._sync()
+            frames, oldest = self._drain()
+            now = time.monotonic()
+            if frames:
+                await self._write(b"".join(frames))
+                metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - oldest))
+            elif now - self.last_write >= cfg.heartbeat_s:
+                head = b""
+                if client.cursor is not None and client.cursor != self.sent and not client.needs_sync:
+                    head = id_frame(client.cursor)  # moves a filtered client's resume point along
+                    self.sent = client.cursor
+                await self._write(head + HEARTBEAT)
+            if client.queue or client.ended is not None:
+                continue
+            timeout = cfg.heartbeat_s - (time.monotonic() - self.last_write)
+            if self.expires_at is not None:
+                timeout = min(timeout, self.expires_at - time.time())
+            if client.needs_sync:
+                timeout = min(timeout, 1.0)  # retry the catch-up when Redis answers again
+            if timeout > 0:
+                try:
+                    await asyncio.wait_for(client.wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+
+    def _drain(self) -> tuple[list[bytes], float]:
+        """Frames for what the fan-out queued, deduplicated against the cursor."""
+        client = self.client
+        queue = client.queue
+        frames: list[bytes] = []
+        oldest = time.time()
+        cursor = client.cursor
+        held = []
+        while queue:
+            event = queue.popleft()
+            if event.pos is None:  # Redis down: delivered by this pod's bridge, no position yet
+                if event.event_id not in client.unpositioned:
+                    client.remember_unpositioned(event.event_id)
+                    frames.append(event.frame)
+                    oldest = min(oldest, event.occurred_ts)
+                continue
+            if client.needs_sync:
+                held.append(event)  # there may be a hole before it: catch up first
+                continue
+            if cursor is not None and event.pos <= cursor:
+                continue  # already replayed
+            cursor = event.pos
+            if event.event_id in client.unpositioned:
+                frames.append(id_frame(event.pos))
+            else:
+                frames.append(event.frame)
+                oldest = min(oldest, event.occurred_ts)
+            self.sent = cursor
+        if held:
+            queue.extend(held)
+        elif cursor is not None and client.filtered > cursor:
+            cursor = client.filtered
+        client.cursor = cursor
+        metrics.EVENTS_SENT.labels("live").inc(len(frames))
+        return frames, oldest
+
+    async def _sync(self) -> None:
+        """Catch up from history after ``client.cursor``; reset when that is no longer possible."""
+        client, history = self.client, self.state.history
+        client.needs_sync = False
+        counted = self.resumed or self.sent is not None
+        if client.cursor is None:
+            try:
+                tail = await history.tail(client.project)
+            except Exception:  # noqa: BLE001
+                client.needs_sync = True
+                return
+            # Redis was down at connect, or Last-Event-ID was not a position: what happened
+            # since is unknown.
+            await self._reset(tail, "unknown_position")
+            return
+        cursor = client.cursor
+        while True:
+            try:
+                page = await history.read_after(client.project, cursor, self.cfg.replay_page)
+            except Exception as exc:  # noqa: BLE001 - Redis down again: retry on the next turn
+                log.warning("history read failed; will retry", error=f"{type(exc).__name__}: {exc}")
+                client.cursor = cursor
+                client.needs_sync = True
+                return
+            if page.gap:
+                await self._reset(page.last, "history_gap")
+                return
+            frames = []
+            for event in page.events:
+                if not client.matches(event):
+                    continue
+                frames.append(id_frame(event.pos) if event.event_id in client.unpositioned else event.frame)
+            if page.events:
+                cursor = page.events[-1].pos
+            if frames:
+                client.cursor = cursor
+                self.sent = cursor
+                await self._write(b"".join(frames))
+                metrics.EVENTS_SENT.labels("replay").inc(len(frames))
+            if len(page.events) < self.cfg.replay_page:
+                break
+        client.cursor = cursor
+        if counted:
+            metrics.RESUMES.labels("replayed").inc()
+        # Resume point: without it a quiet or filtered stream would reconnect from an old id.
+        if client.cursor != self.sent:
+            self.sent = client.cursor
+            await self._write(id_frame(client.cursor))
+
+    async def _reset(self, pos: Pos, reason: str) -> None:
+        self.client.cursor = pos
+        self.sent = pos
+        metrics.RESUMES.labels("reset").inc()
+        await self._write(reset_frame(pos, reason))
+
+    async def _write(self, data: bytes) -> None:
+        async with asyncio.timeout(self.cfg.write_timeout_s):
+            await self.resp.write(data)
+        self.last_write = time.monotonic()
+
+    async def _finish(self, reason: str) -> str:
+        """Write the final event (bounded: the client may not be reading) and close."""
+        try:
+            async with asyncio.timeout(1.0):
+                await self.resp.write(end_frame(reason))
+        except (TimeoutError, ConnectionError):
+            pass
+        if reason == END_SLOW:
+            transport = self.request.transport
+            if transport is not None:
+                transport.close()  # flushes what is buffered (the final event) if the peer reads
+        return reason
+
+
+__all__ = ["stream", "END_SHUTDOWN"]
