@@ -1,0 +1,110 @@
+"""Pure parts of the query service: cursors, ranges, event → key mapping, the in-process cache."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from atas.common.bus import Message
+from atas.common.config import ConfigError
+from atas.common.errors import ApiError
+from atas.common.events import encode_event, new_event
+from atas.query import cache as c
+from atas.query.config import QueryConfig, load_query_config
+from atas.query.invalidation import stale_keys
+from atas.query.routes import RangeParams, day_range, decode_cursor, encode_cursor, resolve_range
+
+
+def test_cursor_round_trip_and_rejects_foreign_or_garbled_cursors():
+    t = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    cursor = encode_cursor("ex", t.isoformat(), "0b9c1c1e-6a3c-4e9d-8a44-1c1f8a1d2e3f")
+    import uuid
+
+    assert decode_cursor(cursor, "ex", (datetime, uuid.UUID)) == (t, "0b9c1c1e-6a3c-4e9d-8a44-1c1f8a1d2e3f")
+    for bad in ("", "%%%", "bm90IGpzb24", encode_cursor("rs", "a", 1), encode_cursor("ex", "yesterday", "x"),
+                encode_cursor("ex", t.isoformat())):
+        with pytest.raises(ApiError) as info:
+            decode_cursor(bad, "ex", (datetime, uuid.UUID))
+        assert info.value.status == 400 and info.value.field == "cursor"
+
+
+def test_ranges_default_validate_and_widen_to_days():
+    config = QueryConfig(max_range_days=30, default_range_days=7)
+    start, end = resolve_range(RangeParams(project="p"), config)
+    assert end - start == timedelta(days=7) and end.second == 0 and end.microsecond == 0
+    start, end = resolve_range(RangeParams(project="p", from_="2026-01-01", to="2026-01-02T06:00:00+02:00"), config)
+    assert (start, end) == (datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, 4, tzinfo=timezone.utc))
+    assert day_range(start, end) == (date(2026, 1, 1), date(2026, 1, 3))
+    assert day_range(start, datetime(2026, 1, 2, tzinfo=timezone.utc)) == (date(2026, 1, 1), date(2026, 1, 2))
+    for params, field in ((RangeParams(project="p", from_="2026-02-01", to="2026-01-01"), "from"),
+                          (RangeParams(project="p", from_="2025-01-01", to="2026-01-01"), "to"),
+                          (RangeParams(project="p", to="soon"), "to")):
+        with pytest.raises(ApiError) as info:
+            resolve_range(params, config)
+        assert info.value.status == 400 and info.value.field == field
+
+
+def test_config_names_the_variable():
+    assert load_query_config({}) == QueryConfig()
+    with pytest.raises(ConfigError) as info:
+        load_query_config({"QUERY_MAX_RANGE_DAYS": "zero", "QUERY_DEFAULT_PAGE_SIZE": "500"})
+    text = str(info.value)
+    assert "QUERY_MAX_RANGE_DAYS" in text and "QUERY_DEFAULT_PAGE_SIZE" in text
+
+
+def test_events_name_the_status_and_recent_entries_they_make_stale():
+    event = new_event("results.recorded", project="demo", execution_id="e1", seq=2, data={})
+    messages = [Message(b"e1", encode_event(event), 0, 1), Message(b"x", b"not json", 0, 2),
+                Message(b"e1", encode_event(event), 0, 3)]
+    keys, bad = stale_keys(messages)
+    assert bad == 1
+    assert keys == [c.status_key("demo", "e1"), c.recent_key("demo")]
+
+
+async def test_single_flight_runs_one_aggregation_for_concurrent_misses():
+    cache = c.ResponseCache(c.MemoryCacheEngine())
+    entry = c.overview_entry("demo", "k", 60)
+    gate = asyncio.Event()
+
+    async def compute() -> bytes:
+        await gate.wait()
+        return b'{"n":1}'
+
+    tasks = [asyncio.create_task(cache.fetch(entry, compute)) for _ in range(50)]
+    await asyncio.sleep(0)
+    gate.set()
+    got = await asyncio.gather(*tasks)
+    assert {g.body for g in got} == {b'{"n":1}'} and cache.aggregations == {"overview": 1}
+    hit = await cache.fetch(entry, compute)
+    assert hit.outcome == "hit" and hit.etag == got[0].etag
+
+
+async def test_a_fill_racing_an_invalidation_does_not_store_the_stale_answer():
+    engine = c.MemoryCacheEngine()
+    cache = c.ResponseCache(engine)
+    entry = c.status_entry("demo", "e1", 60)
+
+    async def compute() -> bytes:
+        await cache.invalidate([entry.key])  # the event arrives while the database is being read
+        return b'{"status":"running"}'
+
+    first = await cache.fetch(entry, compute)
+    assert first.outcome == "miss"
+    assert await engine.get(entry) is None  # not stored: the next read goes to the database again
+
+
+async def test_recent_pages_are_dropped_together():
+    engine = c.MemoryCacheEngine()
+    cache = c.ResponseCache(engine)
+    a, b = c.recent_entry("demo", "a", 60), c.recent_entry("demo", "b", 60)
+
+    async def body() -> bytes:
+        return b"[]"
+
+    await cache.fetch(a, body)
+    await cache.fetch(b, body)
+    assert (await cache.fetch(a, body)).outcome == "hit"
+    await cache.invalidate([c.recent_key("demo")])
+    assert await engine.get(a) is None and await engine.get(b) is None
