@@ -1,0 +1,111 @@
+"""compose.yaml: the same system as deploy/k8s on one machine. No container engine runs here, so
+this checks the structure `docker compose up` depends on: start order, health, configuration."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from .conftest import SERVICES, atas_containers, one, project_version
+from .kustomize import pod_containers
+
+pytestmark = pytest.mark.deploy
+
+ATAS_ROLES = {"ingest": ["serve", "ingest"], "query": ["serve", "query"], "stream-1": ["serve", "stream"],
+              "stream-2": ["serve", "stream"]}
+
+
+def _atas_services(compose: dict) -> dict[str, dict]:
+    return {n: s for n, s in compose["services"].items() if s["image"].split(":")[0].endswith("/atas")}
+
+
+def test_the_whole_system_is_there_with_two_stream_replicas(compose):
+    services = compose["services"]
+    assert {"postgres", "redis", "kafka", "kafka-topics", "migrate"} <= set(services)
+    assert {n: s["command"] for n, s in _atas_services(compose).items() if n != "migrate"} == ATAS_ROLES
+    assert services["migrate"]["command"] == ["migrate"]
+
+
+def test_images_are_pinned_and_the_same_as_in_kubernetes(compose, base):
+    images = {s["image"] for s in compose["services"].values()}
+    for image in images:
+        name, _, tag = image.rpartition(":")
+        assert name and tag and tag != "latest", f"{image} is not pinned"
+    assert {s["image"] for s in _atas_services(compose).values()} == {f"ghcr.io/atas-dev/atas:{project_version()}"}
+    k8s_images = {c["image"] for d in base for c in pod_containers(d)}
+    third_party = images - {s["image"] for s in _atas_services(compose).values()}
+    assert third_party == k8s_images - {c["image"] for _w, c in atas_containers(base)}
+    assert "redis:8.4-alpine" in third_party
+    assert any(re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", i) for i in third_party)
+
+
+def test_every_long_running_service_has_a_healthcheck_and_waits_for_what_it_needs(compose):
+    services = compose["services"]
+    one_shots = {"migrate", "kafka-topics"}
+    for name, service in services.items():
+        if name in one_shots:
+            assert service["restart"] == "no", name
+            continue
+        check = service["healthcheck"]
+        assert check["test"][0] in ("CMD", "CMD-SHELL") and not check.get("disable"), name
+    for name in ATAS_ROLES:
+        assert services[name]["depends_on"] == {
+            "postgres": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+            "kafka": {"condition": "service_healthy"},
+            "migrate": {"condition": "service_completed_successfully"},
+            "kafka-topics": {"condition": "service_completed_successfully"},
+        }, name
+        assert "/readyz" in " ".join(services[name]["healthcheck"]["test"])
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert services["kafka-topics"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+
+
+def test_atas_services_set_the_variables_the_code_reads(compose, code_env_vars, configmap):
+    for name, service in _atas_services(compose).items():
+        env = service["environment"]
+        assert set(env) == set(code_env_vars), (
+            f"{name}: missing {sorted(set(code_env_vars) - set(env))}, unread {sorted(set(env) - set(code_env_vars))}")
+        # Tuning values follow the Kubernetes ConfigMap; only addresses and secrets differ.
+        differs = {k for k in configmap if str(env[k]) != configmap[k]}
+        allowed = {"DB_URL", "REDIS_HOST", "KAFKA_BOOTSTRAP_SERVERS", "LOG_LEVEL"}
+        if name.startswith("stream"):
+            allowed.add("SHUTDOWN_DRAIN_SECONDS")
+        assert differs <= allowed, f"{name}: {sorted(differs - allowed)} differ from configmap.yaml"
+
+
+def test_credentials_agree_between_the_services_and_the_datastores(compose):
+    services = compose["services"]
+    atas_env = services["ingest"]["environment"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == atas_env["DB_PASSWORD"]
+    assert services["postgres"]["environment"]["POSTGRES_USER"] == atas_env["DB_USER"]
+    redis_cmd = services["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--requirepass") + 1] == atas_env["REDIS_PASSWORD"]
+    default_secret = re.fullmatch(r"\$\{JWT_SECRET:-(.+)\}", atas_env["JWT_SECRET"]).group(1)
+    assert len(default_secret.encode()) >= 32, "the development default must still be a valid HS256 key"
+    topic_cmd = services["kafka-topics"]["command"]
+    assert topic_cmd[topic_cmd.index("--topic") + 1] == atas_env["KAFKA_TOPIC"]
+
+
+def test_stop_grace_covers_the_drain_window_like_kubernetes(compose, base):
+    for name, service in _atas_services(compose).items():
+        if name == "migrate":
+            continue
+        grace = int(service["stop_grace_period"].removesuffix("s"))
+        drain = float(service["environment"]["SHUTDOWN_DRAIN_SECONDS"])
+        assert grace >= drain + 5, name
+    stream_grace = one(base, "Deployment", "atas-stream")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert int(compose["services"]["stream-1"]["stop_grace_period"].removesuffix("s")) == stream_grace
+
+
+def test_containers_run_as_hardened_as_the_pods(compose):
+    from .test_dockerfile import image_user
+
+    for name, service in _atas_services(compose).items():
+        assert service["user"] == f"{image_user()}:{image_user()}", name
+        assert service["read_only"] is True and "/tmp" in service["tmpfs"], name
+        assert service["cap_drop"] == ["ALL"], name
+    ports = [p for s in compose["services"].values() for p in s.get("ports", [])]
+    assert len(ports) == len(set(ports)) == len(SERVICES) + 1, "one host port per service and stream replica"
+    assert all(p.startswith("127.0.0.1:") for p in ports), "published on loopback only"
