@@ -179,3 +179,68 @@ async def warm_up(bus, client: "SseClient", project: str, keys: int = 30) -> Non
     finally:
         await pub.stop()
     await client.read_events(keys, timeout=60)
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of a real server that can simulate an outage.
+
+    ``cut()`` drops every proxied connection and refuses new ones (accepted then closed) until
+    ``restore()``: to the client it looks like the server went away and came back.
+    """
+
+    def __init__(self, host: str, port: int):
+        self.target = (host, port)
+        self.down = False
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> "TcpProxy":
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+                self._writers.discard(dst)
+
+        for t in (asyncio.create_task(pipe(reader, up_writer)), asyncio.create_task(pipe(up_reader, writer))):
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    def cut(self) -> None:
+        self.down = True
+        for w in list(self._writers):
+            w.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        self.down = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
