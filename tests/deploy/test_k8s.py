@@ -427,3 +427,20 @@ def test_rendered_base_is_what_kubectl_would_apply_in_the_atas_namespace(base):
             assert doc["metadata"]["namespace"] == "atas", doc["metadata"]["name"]
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "atas"
     json.dumps(base)  # plain data: nothing YAML-specific (anchors, timestamps) leaks into objects
+
+
+def test_topic_partitions_let_every_consumer_pod_work(base):
+    """query (invalidation) and stream (bridge) pods each join a consumer group on the topic: pods
+    beyond the partition count would sit idle, so maxReplicas must not exceed it."""
+    (container,) = pod_containers(one(base, "Job", "atas-kafka-topics"))
+    partitions = int(container["command"][container["command"].index("--partitions") + 1])
+    for svc in ("query", "stream"):
+        assert one(base, "HorizontalPodAutoscaler", f"atas-{svc}")["spec"]["maxReplicas"] <= partitions
+
+
+def test_the_operator_guide_covers_every_component_and_overlay():
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    for part in [*COMPONENTS, *OVERLAYS]:
+        assert f"{part.parent.name}/{part.name}" in guide, f"docs/deploy.md does not mention {part.name}"
+    for must in ("openssl rand -base64 32", "Production checklist", "Troubleshooting", "EKS", "GKE", "AKS"):
+        assert must in guide
