@@ -77,13 +77,14 @@ def _executions_where(scope: Scope) -> _Where:
     return w
 
 
-def _daily_where(scope: Scope, first_day: date, end_day: date, alias: str = "") -> _Where:
-    p = f"{alias}." if alias else ""
+def _daily(scope: Scope, first_day: date, end_day: date) -> tuple[str, _Where]:
+    """The rollup to read and its conditions: the per-branch one only when a branch is asked for."""
+    table = "query_test_daily_branch" if scope.branch is not None else "query_test_daily"
     w = _Where(scope.project, first_day, end_day)
-    w.add(f"{p}project = $1 AND {p}day >= $2 AND {p}day < $3")
-    w.eq(f"{p}environment", scope.environment)
-    w.eq(f"{p}branch", scope.branch)
-    return w
+    w.add("project = $1 AND day >= $2 AND day < $3")
+    w.eq("environment", scope.environment)
+    w.eq("branch", scope.branch)
+    return table, w
 
 
 _STEPS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
@@ -187,26 +188,26 @@ class QueryRepository:
         Without ``with_runs`` only the days with failures are read (a partial index); with it, the
         test's runs over the whole range are summed too, for a failure rate.
         """
-        w = _daily_where(scope, first_day, end_day)
+        table, w = _daily(scope, first_day, end_day)
         if not with_runs:
             w.add("failed + errored > 0")
         sql = f"""
             SELECT test_id, max(name) AS name, max(suite) AS suite,
                    sum(failed + errored)::bigint AS failures, sum(runs)::bigint AS runs,
                    max(last_failed_at) AS last_failed_at
-            FROM query_test_daily WHERE {w.sql}
+            FROM {table} WHERE {w.sql}
             GROUP BY test_id HAVING sum(failed + errored) > 0
             ORDER BY failures DESC, test_id LIMIT {w.arg(limit)}"""
         async with self._pool.acquire() as conn:
             return await conn.fetch(sql, *w.args)
 
     async def slowest(self, scope: Scope, first_day: date, end_day: date, limit: int) -> list[asyncpg.Record]:
-        w = _daily_where(scope, first_day, end_day)
+        table, w = _daily(scope, first_day, end_day)
         sql = f"""
             SELECT test_id, max(name) AS name, max(suite) AS suite, sum(runs)::bigint AS runs,
                    sum(duration_sum)::float8 / sum(duration_count) AS mean_ms,
                    max(duration_max) AS max_ms
-            FROM query_test_daily WHERE {w.sql}
+            FROM {table} WHERE {w.sql}
             GROUP BY test_id HAVING sum(duration_count) > 0
             ORDER BY mean_ms DESC, test_id LIMIT {w.arg(limit)}"""
         async with self._pool.acquire() as conn:
@@ -229,6 +230,7 @@ class QueryRepository:
         e2_filter = "".join(f" AND e2.{c}" for c in ew)
         d_filter = "".join(f" AND d.{c}" for c in ew)
         lim = w.arg(limit)
+        table = "query_test_daily_branch" if scope.branch is not None else "query_test_daily"
         sql = f"""
             WITH bounds AS (
                 SELECT ($2::date)::timestamp AT TIME ZONE 'UTC' AS lo,
@@ -251,7 +253,7 @@ class QueryRepository:
                 GROUP BY f.test_id
             ), retries AS (
                 SELECT d.test_id, sum(d.retry_passed)::bigint AS retry_passes
-                FROM query_test_daily d
+                FROM {table} d
                 WHERE d.project = $1 AND d.day >= $2 AND d.day < $3 AND d.retry_passed > 0{d_filter}
                 GROUP BY d.test_id
             ), flaky AS (
@@ -264,7 +266,7 @@ class QueryRepository:
             )
             SELECT k.test_id, k.flaky_commits, k.retry_passes,
                    max(d.name) AS name, max(d.suite) AS suite, coalesce(sum(d.runs), 0)::bigint AS runs
-            FROM flaky k LEFT JOIN query_test_daily d
+            FROM flaky k LEFT JOIN {table} d
               ON d.project = $1 AND d.day >= $2 AND d.day < $3 AND d.test_id = k.test_id{d_filter}
             GROUP BY k.test_id, k.flaky_commits, k.retry_passes
             ORDER BY k.flaky_commits + k.retry_passes DESC, k.test_id"""

@@ -140,11 +140,13 @@ async def test_trends_equal_a_recount_per_bucket(pg, redis_settings, token, popu
         assert close(b["duration_p95_ms"], percentile(durations, 0.95))
 
 
-async def test_per_test_lists_equal_a_recount(pg, redis_settings, token, populated):
+@pytest.mark.parametrize("filters", [{}, {"environment": "ci"}, {"branch": "main"},
+                                     {"environment": "staging", "branch": "dev"}])
+async def test_per_test_lists_equal_a_recount(pg, redis_settings, token, populated, filters):
     start, end = START + timedelta(days=1), NOW - timedelta(days=1)  # whole days already
     start, end = start.replace(hour=0), end.replace(hour=0)
-    execs = [e for e in populated.executions if in_scope(e, start, end, environment="ci")]
-    params = {"project": "demo", "from": iso(start), "to": iso(end), "environment": "ci", "limit": "200"}
+    execs = [e for e in populated.executions if in_scope(e, start, end, **filters)]
+    params = {"project": "demo", "from": iso(start), "to": iso(end), "limit": "200", **filters}
     headers = {"Authorization": f"Bearer {token()}"}
     settings = make_settings(db_dsn=pg, redis=redis_settings)
     async with query_client(settings) as client:
