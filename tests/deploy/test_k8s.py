@@ -321,7 +321,11 @@ def test_ingress_keeps_sse_streams_alive_and_unbuffered(variants, configmap):
     for name in ("atas-ingest", "atas-query"):
         assert "nginx.ingress.kubernetes.io/proxy-buffering" not in _annotations(
             one(variants["base"], "Ingress", name))
-    for ingress in find(variants["base+alb"], "Ingress"):
+    alb = variants["base+alb"]
+    order = {i["metadata"]["name"]: int(_annotations(i).get("alb.ingress.kubernetes.io/group.order", "0"))
+             for i in find(alb, "Ingress")}
+    assert order["atas-stream"] < order["atas-query"], "ALB must match /v1/stream before query's /v1 prefix"
+    for ingress in find(alb, "Ingress"):
         attrs = _annotations(ingress)["alb.ingress.kubernetes.io/load-balancer-attributes"]
         idle = int(re.search(r"idle_timeout\.timeout_seconds=(\d+)", attrs).group(1))
         assert idle >= 4 * heartbeat
