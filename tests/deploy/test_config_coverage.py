@@ -10,7 +10,7 @@ import inspect
 import msgspec
 import pytest
 
-from .conftest import SERVICES, env_reads_of
+from .conftest import OVERLAYS, SERVICES, env_reads_of, one
 
 pytestmark = pytest.mark.deploy
 
@@ -68,14 +68,16 @@ def _service_config_loaders():
     return loaders
 
 
-def test_every_service_accepts_the_configmap_values(configmap):
+@pytest.mark.parametrize("variant", ["base", *[f"overlays/{o.name}" for o in OVERLAYS]])
+def test_every_service_accepts_the_configmap_values(variants, variant):
     """The shipped values parse: a typo in the ConfigMap would otherwise stop pods at start."""
     from atas.common.config import load_settings
 
+    configmap = one(variants[variant], "ConfigMap", "atas-config")["data"]
     env = {**configmap, "JWT_SECRET": "s" * 44, "DB_PASSWORD": "p" * 44, "REDIS_PASSWORD": "r" * 44}
     settings = load_settings(env)
     assert settings.port == int(configmap["PORT"])
-    assert settings.redis is not None and settings.redis.host == "atas-redis"
+    assert settings.redis is not None and settings.redis.host == configmap["REDIS_HOST"]
     assert settings.kafka is not None and settings.kafka.topic == configmap["KAFKA_TOPIC"]
     loaders = _service_config_loaders()
     assert set(loaders) == set(SERVICES), f"no config loader found for {set(SERVICES) - set(loaders)}"
