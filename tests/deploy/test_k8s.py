@@ -189,7 +189,9 @@ def test_shutdown_windows_fit_in_the_termination_grace_period(base, configmap, s
         assert spec["terminationGracePeriodSeconds"] >= pre_stop + drains[svc] + 5, svc
         if svc == "stream":
             spread = float(env["STREAM_CLOSE_SPREAD_SECONDS"])
-            assert spread < drains[svc], "SSE closes must be spread inside the drain window"
+            # stream caps the spread at 80 % of the drain window (services/stream/app.py); a larger
+            # setting would silently be cut, so the shipped one must fit.
+            assert spread <= 0.8 * drains[svc], "SSE closes must be spread inside the drain window"
     assert drains["stream"] > drains["ingest"] == drains["query"] == float(configmap["SHUTDOWN_DRAIN_SECONDS"])
 
 
