@@ -220,6 +220,7 @@ def test_every_pod_meets_the_restricted_pod_security_profile(variants, variant):
         assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] > 0, name
         assert pod_sc["seccompProfile"]["type"] == "RuntimeDefault", name
         assert spec.get("automountServiceAccountToken") is False, name
+        assert spec.get("enableServiceLinks") is False, name
         for container in pod_containers(doc):
             sc = container["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False, name
