@@ -109,3 +109,20 @@ def test_containers_run_as_hardened_as_the_pods(compose):
     ports = [p for s in compose["services"].values() for p in s.get("ports", [])]
     assert len(ports) == len(set(ports)) == len(SERVICES) + 1, "one host port per service and stream replica"
     assert all(p.startswith("127.0.0.1:") for p in ports), "published on loopback only"
+
+
+def test_kafka_runs_with_the_same_settings_as_the_kubernetes_base(compose, base):
+    k8s = {e["name"]: e["value"] for e in pod_containers(one(base, "StatefulSet", "atas-kafka"))[0]["env"]}
+    local = {k: str(v) for k, v in compose["services"]["kafka"]["environment"].items()}
+    # Addresses and start-up timing differ by nature; the durability and topic policy must not.
+    per_machine = {"KAFKA_NODE_ID", "KAFKA_ADVERTISED_LISTENERS", "KAFKA_CONTROLLER_QUORUM_VOTERS",
+                   "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"}
+    assert set(local) - per_machine == set(k8s) - per_machine
+    assert {k: local[k] for k in set(k8s) - per_machine} == {k: k8s[k] for k in set(k8s) - per_machine}
+
+
+def test_postgres_accepts_every_pooled_connection(compose):
+    command = compose["services"]["postgres"]["command"]
+    max_connections = int(next(a for a in command if a.startswith("max_connections=")).split("=")[1])
+    pools = sum(int(s["environment"]["DB_POOL_MAX"]) for s in _atas_services(compose).values())
+    assert pools + 10 <= max_connections
