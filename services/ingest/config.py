@@ -29,6 +29,11 @@ class IngestConfig(msgspec.Struct, frozen=True):
     relay_poll_s: float = 1.0
     # Relay: exponential back-off with jitter while Kafka or PostgreSQL fails, capped here.
     relay_backoff_max_s: float = 30.0
+    # Relay: how long a round waits for the bus to acknowledge a batch. Kafka's idempotent producer
+    # never gives up on a batch, so while Kafka is down the round ends here, the rows are released
+    # (and marked with the error), and the relay waits for that same in-flight batch before it
+    # claims more: an outage costs one batch in flight, not one copy per retry.
+    relay_publish_timeout_s: float = 15.0
     # Run the relay in this process (1) or not (0, e.g. a dedicated relay deployment elsewhere).
     relay_enabled: bool = True
     # How often to create the next months' result partitions (the call is idempotent).
@@ -45,6 +50,7 @@ class IngestConfig(msgspec.Struct, frozen=True):
             relay_batch=e.int("INGEST_RELAY_BATCH", 500, lo=1, hi=10_000),
             relay_poll_s=e.float("INGEST_RELAY_POLL_SECONDS", 1.0, lo=0.01),
             relay_backoff_max_s=e.float("INGEST_RELAY_BACKOFF_MAX_SECONDS", 30.0, lo=0.1),
+            relay_publish_timeout_s=e.float("INGEST_RELAY_PUBLISH_TIMEOUT_SECONDS", 15.0, lo=0.1),
             relay_enabled=bool(e.int("INGEST_RELAY_ENABLED", 1, lo=0, hi=1)),
             partition_interval_s=e.float("INGEST_PARTITION_INTERVAL_SECONDS", 86_400.0, lo=1.0),
         )

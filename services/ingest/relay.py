@@ -11,6 +11,11 @@ The relay sleeps until PostgreSQL NOTIFYs ``atas_outbox`` (a trigger fires on ev
 or the polling interval passes, whichever comes first. While Kafka (or PostgreSQL) fails, it backs
 off exponentially with full jitter, capped, and catches up when the dependency returns; requests
 keep committing into the outbox meanwhile. Backlog size and age are exported as metrics.
+
+Kafka's idempotent producer never expires a batch: while the broker is away a publish simply does
+not return. A round therefore waits ``relay_publish_timeout_s`` at most, then commits the claim
+(releasing the rows, error recorded on them) and keeps that batch *in flight*: later rounds wait for
+it instead of claiming (and re-sending) more, and delete its rows once Kafka acknowledges it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -40,6 +46,15 @@ BACKLOG_SAMPLE_S = 5.0
 # Time the in-flight round gets to finish when the process stops.
 STOP_TIMEOUT_S = 30.0
 _BACKOFF_BASE_S = 0.2
+# Time the producer gets to flush when the process stops (Kafka down: it gives up, rows stay).
+PRODUCER_STOP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class _InFlight:
+    publish: asyncio.Future
+    ids: list[int]
+    started: float
 
 
 def backoff_delay(failures: int, cap: float, *, rng: Callable[[], float] = random.random) -> float:
@@ -65,6 +80,7 @@ class OutboxRelay:
         self._task: asyncio.Task | None = None
         self._failures = 0
         self._last_sample = 0.0
+        self._in_flight: _InFlight | None = None
         self.published = 0  # events acknowledged by the bus and deleted, since start
 
     # ------------------------------------------------------------------ lifecycle
@@ -76,20 +92,26 @@ class OutboxRelay:
         self._stopping.set()
         self._wake.set()
         if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_S)
-            except TimeoutError:
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+            if not done:
                 log.warning("relay round did not finish in time; cancelling it (its rows will be "
                             "relayed again)", timeout_s=STOP_TIMEOUT_S)
                 self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.gather(self._task, return_exceptions=True)
         await self._close_listener()
         if self._publisher is not None:
             publisher, self._publisher = self._publisher, None
             try:
-                await publisher.stop()
+                # Flushes what is in flight; with Kafka down that would wait forever. The rows of an
+                # unacknowledged batch are still in the outbox, so giving up loses nothing.
+                await asyncio.wait_for(publisher.stop(), PRODUCER_STOP_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - shutting down; report and go on
-                log.warning("producer stop failed", error=f"{type(exc).__name__}: {exc}")
+                log.warning("producer did not stop cleanly; its unacknowledged events stay in the outbox",
+                            error=f"{type(exc).__name__}: {exc}")
+        if self._in_flight is not None:
+            self._in_flight.publish.cancel()
+            await asyncio.gather(self._in_flight.publish, return_exceptions=True)
+            self._in_flight = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -134,12 +156,16 @@ class OutboxRelay:
             await asyncio.gather(*waiters, return_exceptions=True)
 
     async def relay_once(self) -> int:
-        """Claim, publish and delete one batch; returns how many events were relayed."""
+        """Claim, publish and delete one batch; returns how many events were relayed.
+
+        Raises PublishError when the bus refused the batch or did not acknowledge it in time."""
         pool = self._pool()
         if pool is None:
             raise RuntimeError("database pool not open")
+        if self._in_flight is not None:
+            return await self._settle_in_flight(pool)
         assert self._publisher is not None
-        failure: PublishError | None = None
+        timeout = self._config.relay_publish_timeout_s
         async with pool.acquire() as conn:
             async with conn.transaction():
                 rows = await conn.fetch(_CLAIM, self._config.relay_batch)
@@ -147,19 +173,49 @@ class OutboxRelay:
                     return 0
                 ids = [r["id"] for r in rows]
                 started = time.perf_counter()
+                publish = asyncio.ensure_future(
+                    self._publisher.publish([(r["event_key"], r["payload"]) for r in rows]))
                 try:
-                    await self._publisher.publish([(r["event_key"], r["payload"]) for r in rows])
-                except PublishError as exc:
-                    failure = exc
-                    await conn.execute(_MARK_FAILED, ids, str(exc)[:1000])
-                else:
-                    metrics.RELAY_PUBLISH_LATENCY.observe(time.perf_counter() - started)
+                    done, _ = await asyncio.wait({publish}, timeout=timeout)
+                except asyncio.CancelledError:
+                    publish.cancel()
+                    raise
+                error = publish.exception() if done else PublishError(
+                    f"{len(ids)} events not acknowledged within {timeout} s (is Kafka reachable?)")
+                if error is None:
                     await conn.execute(_DELETE, ids)
-        if failure is not None:
-            raise failure
-        self.published += len(rows)
-        metrics.RELAY_PUBLISHED.inc(len(rows))
-        return len(rows)
+                else:
+                    # Release the rows (commit, not roll back) with the error recorded on them.
+                    await conn.execute(_MARK_FAILED, ids, str(error)[:1000])
+                    if not done:
+                        self._in_flight = _InFlight(publish, ids, started)
+        if error is not None:
+            raise error if isinstance(error, PublishError) else PublishError(str(error))
+        self._relayed(len(ids), started)
+        return len(ids)
+
+    async def _settle_in_flight(self, pool: asyncpg.Pool) -> int:
+        """Wait for the batch a previous round left in the producer; delete its rows once acknowledged."""
+        flight = self._in_flight
+        assert flight is not None
+        done, _ = await asyncio.wait({flight.publish}, timeout=self._config.relay_publish_timeout_s)
+        if not done:
+            raise PublishError(f"still waiting for the bus to acknowledge {len(flight.ids)} events")
+        self._in_flight = None
+        error = flight.publish.exception()
+        if error is not None:  # the rows are still in the outbox: the next round claims them again
+            raise error if isinstance(error, PublishError) else PublishError(str(error))
+        # Another relay may have published and deleted some of them meanwhile (a duplicate on the
+        # topic, with the same event id); deleting what is left is all that remains to do.
+        async with pool.acquire() as conn:
+            await conn.execute(_DELETE, flight.ids)
+        self._relayed(len(flight.ids), flight.started)
+        return len(flight.ids)
+
+    def _relayed(self, count: int, started: float) -> None:
+        metrics.RELAY_PUBLISH_LATENCY.observe(time.perf_counter() - started)
+        metrics.RELAY_PUBLISHED.inc(count)
+        self.published += count
 
     # ------------------------------------------------------------------ resources
     async def _ensure_publisher(self) -> None:
