@@ -7,8 +7,9 @@ its line and column.
 
 Mapping, per ``<testcase>``:
 
-* ``test_id`` = ``classname::name`` (``name`` alone without a classname); ``suite`` = the enclosing
-  ``<testsuite name>``; ``file`` from the ``file`` attribute when the tool writes one;
+* ``test_id`` = ``classname::name`` (``name`` alone without a classname, or when both are equal as
+  with jest-junit); ``suite`` = the enclosing ``<testsuite name>``; ``file`` from the ``file``
+  attribute, or the classname when it is a spec file (Playwright);
 * status: ``<failure>`` → failed, ``<error>`` → error, ``<skipped>`` → skipped, else passed; the
   element's ``type``/``message`` and text become the error type, message and trace;
 * Surefire reruns are kept as attempts: ``<flakyFailure>``/``<flakyError>`` are failed attempts
@@ -32,6 +33,8 @@ from atas.common.schemas import ResultIn
 _MAX_LABEL = 1024
 _MAX_MESSAGE = 65_536
 _MAX_TRACE = 1_048_576
+# Playwright's classname is the spec file: recognise it as the result's file.
+_SOURCE_SUFFIXES = (".js", ".mjs", ".cjs", ".jsx", ".ts", ".mts", ".tsx", ".py")
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -104,19 +107,21 @@ def _error_fields(el: ET.Element) -> dict:
     stack = el.find("stackTrace")  # Surefire's flaky/rerun elements nest it
     if stack is not None and stack.text:
         text = stack.text
-    return {
-        "error_type": _clip(el.get("type"), _MAX_LABEL),
-        "error_message": _clip(el.get("message"), _MAX_MESSAGE),
-        "error_trace": _clip(text, _MAX_TRACE),
-    }
+    trace = _clip(text, _MAX_TRACE)
+    message = _clip(el.get("message"), _MAX_MESSAGE)
+    if message is None and trace:  # jest-junit writes no message attribute: use the trace's first line
+        message = _clip(trace.splitlines()[0], _MAX_MESSAGE)
+    return {"error_type": _clip(el.get("type"), _MAX_LABEL), "error_message": message, "error_trace": trace}
 
 
 def _testcase(case: ET.Element, suite: str | None, attempts: dict[str, int]) -> list[ResultIn]:
     classname = (case.get("classname") or "").strip()
     name = (case.get("name") or "").strip()
-    test_id = _label(f"{classname}::{name}" if classname else name)
+    # jest-junit's default classname repeats the full title; don't double it in the id.
+    test_id = _label(f"{classname}::{name}" if classname and classname != name else name or classname)
+    file = case.get("file") or (classname if classname.endswith(_SOURCE_SUFFIXES) else None)
     common = dict(test_id=test_id, name=_label(name or test_id), suite=_clip(suite, _MAX_LABEL),
-                  file=_clip(case.get("file"), _MAX_LABEL))
+                  file=_clip(file, _MAX_LABEL))
     duration = _seconds_ms(case.get("time"))
     status, final_error, earlier, later = "passed", {}, [], []
     for child in case:
@@ -124,8 +129,6 @@ def _testcase(case: ET.Element, suite: str | None, attempts: dict[str, int]) -> 
         if tag in _OUTCOMES and status == "passed":
             status = _OUTCOMES[tag]
             final_error = _error_fields(child)
-            if tag == "skipped" and not final_error["error_message"]:
-                final_error = {"error_message": final_error["error_trace"]} if final_error["error_trace"] else {}
         elif tag in _EARLIER:
             earlier.append((_EARLIER[tag], _error_fields(child)))
         elif tag in _LATER:

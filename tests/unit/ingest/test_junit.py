@@ -1,0 +1,101 @@
+"""JUnit XML → results, on reports written by the real tools (see tests/fixtures/junit/README.md)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from atas.common.errors import ApiError
+from atas.ingest.junit import parse_junit
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "junit"
+
+
+def _parse(name: str):
+    return parse_junit((FIXTURES / name).read_bytes())
+
+
+def _by_id(report):
+    return {(r.test_id, r.attempt): r for r in report.results}
+
+
+def test_pytest_report():
+    report = _parse("pytest.xml")
+    assert report.name == "pytest tests" and report.started_at is not None
+    assert Counter(r.status for r in report.results) == {"passed": 4, "failed": 2, "error": 1, "skipped": 2}
+    results = _by_id(report)
+    failed = results[("sample_suite::test_fails", 1)]
+    assert failed.error_message.startswith("AssertionError: lists differ")
+    assert "sample_suite.py:9: AssertionError" in failed.error_trace
+    setup_error = results[("sample_suite::test_errors_in_setup", 1)]
+    assert setup_error.status == "error" and "fixture could not connect" in setup_error.error_message
+    assert results[("sample_suite::test_xfail", 1)].error_type == "pytest.xfail"
+    assert results[("sample_suite::test_param[2]", 1)].status == "failed"
+    assert ("sample_suite.TestGroup::test_in_class", 1) in results
+
+
+def test_surefire_report_keeps_reruns_as_attempts():
+    report = _parse("surefire.xml")
+    results = _by_id(report)
+    base = "com.example.CalculatorTest::"
+    # a flaky test: failed once, then passed
+    assert results[(base + "flakyPassesOnSecondRun", 1)].status == "failed"
+    assert results[(base + "flakyPassesOnSecondRun", 2)].status == "passed"
+    # failing tests rerun twice: three attempts each, with the stack trace of each rerun
+    assert [results[(base + "subtractsWrongly", a)].status for a in (1, 2, 3)] == ["failed"] * 3
+    assert [results[(base + "throwsUnexpectedly", a)].status for a in (1, 2, 3)] == ["error"] * 3
+    rerun = results[(base + "throwsUnexpectedly", 3)]
+    assert rerun.error_type == "java.lang.IllegalStateException"
+    assert rerun.error_trace.startswith("java.lang.IllegalStateException: database not reachable")
+    disabled = results[(base + "disabled", 1)]
+    assert disabled.status == "skipped" and disabled.error_message == "waiting for JIRA-42"
+    assert results[(base + "positive(int)[3]", 1)].status == "passed"
+    assert results[(base + "adds", 1)].duration_ms == 2
+
+
+def test_jest_junit_report():
+    report = _parse("jest.xml")
+    results = _by_id(report)
+    assert len(results) == 8
+    failed = results[("cart computes the total with tax", 1)]
+    assert failed.status == "failed" and failed.file == "__tests__/cart.test.js"
+    assert failed.error_message == "Error: expect(received).toBeCloseTo(expected)"  # first trace line
+    assert results[("cart applies a coupon", 1)].status == "skipped"
+    assert report.duration_ms == 637
+
+
+def test_playwright_report():
+    report = _parse("playwright.xml")
+    results = _by_id(report)
+    assert Counter(r.status for r in report.results) == {"passed": 2, "failed": 1, "skipped": 1}
+    failed = results[("api.spec.js::orders api › rejects a bad token", 1)]
+    assert failed.file == "api.spec.js" and "Retry #1" in failed.error_trace
+    assert report.started_at.tzinfo is not None
+
+
+@pytest.mark.parametrize("name", ["bomb.xml", "xxe.xml"])
+def test_entity_declarations_are_refused(name):
+    with pytest.raises(ApiError) as info:
+        _parse(name)
+    assert info.value.status == 400 and info.value.code == "forbidden_xml"
+
+
+def test_malformed_xml_says_where():
+    with pytest.raises(ApiError) as info:
+        parse_junit(b"<testsuites>\n  <testsuite name='s'>\n    <testcase name='a'>\n</testsuites>")
+    assert info.value.status == 400 and info.value.details["line"] == 4
+    assert "line 4" in info.value.message
+
+
+def test_other_xml_is_not_a_report():
+    with pytest.raises(ApiError) as info:
+        parse_junit(b"<html><body/></html>")
+    assert info.value.status == 422
+
+
+def test_a_repeated_test_becomes_the_next_attempt():
+    xml = b"""<testsuites><testsuite name="a"><testcase classname="c" name="t"><failure message="x"/></testcase>
+              </testsuite><testsuite name="b"><testcase classname="c" name="t"/></testsuite></testsuites>"""
+    assert [(r.attempt, r.status) for r in parse_junit(xml).results] == [(1, "failed"), (2, "passed")]
