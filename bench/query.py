@@ -36,6 +36,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import yarl
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -197,6 +198,41 @@ async def timed_get(session: aiohttp.ClientSession, url: str, params: dict, head
     return (time.perf_counter() - started) * 1000, resp, body
 
 
+class RawHttp:
+    """A minimal keep-alive HTTP/1.1 GET client: the hit latency measures the server, not a client
+    library (aiohttp's client alone costs more than the whole cache hit on the server)."""
+
+    def __init__(self, url: str):
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.reader = self.writer = None
+
+    async def __aenter__(self) -> "RawHttp":
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+    def request(self, path: str, headers: dict[str, str]) -> bytes:
+        lines = [f"GET {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                 *(f"{k}: {v}" for k, v in headers.items())]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    async def get(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in header_lines:
+            if line:
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return int(status_line.split()[1]), headers, body
+
+
 async def aggregations(session: aiohttp.ClientSession, urls: list[str], kind: str) -> float:
     total = 0.0
     pattern = re.compile(rf'^atas_query_aggregations_total\{{kind="{kind}"\}} ([0-9.e+]+)$', re.M)
@@ -219,6 +255,15 @@ async def measure(env: dict[str, str], pods: list[ServiceProcess], args) -> dict
         to = now - timedelta(minutes=shift_min)
         return {"project": PROJECT, "from": (to - timedelta(days=args.range_days)).isoformat(),
                 "to": to.isoformat(), **extra}
+
+    # Entries of a previous run would turn the cold measurements into hits.
+    redis = create_redis(RedisSettings(host=env["REDIS_HOST"], port=int(env["REDIS_PORT"])))
+    try:
+        stale = [k async for k in redis.scan_iter(match=f"atas:cache:v1:*:{PROJECT}*", count=1000)]
+        if stale:
+            await redis.delete(*stale)
+    finally:
+        await redis.aclose()
 
     connector = aiohttp.TCPConnector(limit=256)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -257,10 +302,13 @@ async def measure(env: dict[str, str], pods: list[ServiceProcess], args) -> dict
         finally:
             await redis.aclose()
         hits = []
-        for _ in range(args.samples):
-            ms, resp, _ = await timed_get(session, base + "/v1/dashboard/overview", params, headers)
-            assert resp.headers["X-Cache"] == "hit"
-            hits.append(ms)
+        async with RawHttp(base) as raw:
+            request = raw.request(str(yarl.URL("/v1/dashboard/overview").with_query(params)), headers)
+            for _ in range(args.samples):
+                started = time.perf_counter()
+                status, got, _ = await raw.get(request)
+                hits.append((time.perf_counter() - started) * 1000)
+                assert status == 200 and got["x-cache"] == "hit", (status, got)
         out["redis_get_p50_ms"] = p50(floor)
         out["hit_p50_ms"] = p50(hits)
         out["overview_body_bytes"] = len(body)
@@ -271,10 +319,11 @@ async def measure(env: dict[str, str], pods: list[ServiceProcess], args) -> dict
 
         async def worker(url: str) -> None:
             nonlocal count
-            while time.perf_counter() < deadline:
-                async with session.get(url + "/v1/dashboard/overview", params=params, headers=headers) as r:
-                    await r.read()
-                count += 1
+            async with RawHttp(url) as raw:
+                request = raw.request(str(yarl.URL("/v1/dashboard/overview").with_query(params)), headers)
+                while time.perf_counter() < deadline:
+                    await raw.get(request)
+                    count += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(base) for _ in range(64)))
@@ -318,6 +367,85 @@ async def measure(env: dict[str, str], pods: list[ServiceProcess], args) -> dict
     return out
 
 
+class _ExplainingPool:
+    """Stands in for the pool: runs each repository statement under EXPLAIN ANALYZE instead."""
+
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
+        self.plans: list[tuple[str, str]] = []
+
+    def acquire(self) -> "_ExplainingPool":
+        return self
+
+    async def __aenter__(self) -> "_ExplainingPool":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        return None
+
+    async def fetch(self, sql: str, *args):
+        rows = await self.conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *args)
+        self.plans.append((sql, "\n".join(r[0] for r in rows)))
+        return []
+
+    async def fetchrow(self, sql: str, *args):
+        await self.fetch(sql, *args)
+        return None
+
+
+async def explain(dsn: str, range_days: int, path: Path) -> None:
+    """Write the plans of the heavy reads, as the query service runs them, to ``path`` (markdown)."""
+    import textwrap
+
+    from atas.query.repository import QueryRepository, Scope
+    from atas.query.routes import day_range
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        end = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+        scope = Scope(PROJECT, end - timedelta(days=range_days), end)
+        first, last = day_range(scope.start, scope.end)
+        newest = await conn.fetchrow("SELECT started_at, id FROM executions WHERE project = $1 "
+                                     "ORDER BY started_at DESC, id DESC OFFSET 19980 LIMIT 1", PROJECT)
+        test_id = await conn.fetchval("SELECT test_id FROM query_test_daily WHERE project = $1 LIMIT 1", PROJECT)
+        pool = _ExplainingPool(conn)
+        repo = QueryRepository(pool)  # type: ignore[arg-type]
+        cases = [
+            (f"Overview, execution part ({range_days} days)", lambda: repo.overview(scope)),
+            (f"Overview, top failing tests ({range_days} days, rollup)",
+             lambda: repo.top_failing(scope, first, last, 10, with_runs=False)),
+            (f"Trends by day ({range_days} days)", lambda: repo.trends(scope, "day")),
+            (f"Trends by hour ({range_days} days)", lambda: repo.trends(scope, "hour")),
+            (f"Failing tests ({range_days} days, rollup)",
+             lambda: repo.top_failing(scope, first, last, 20, with_runs=True)),
+            (f"Slowest tests, branch main ({range_days} days, per-branch rollup)",
+             lambda: repo.slowest(Scope(PROJECT, scope.start, scope.end, branch="main"), first, last, 20)),
+            (f"Flaky tests ({range_days} days)", lambda: repo.flaky(scope, first, last, 20)),
+            ("Recent executions, page 1000 (limit 20)",
+             lambda: repo.executions_page(PROJECT, limit=21, after=(newest["started_at"], str(newest["id"])),
+                                          environment=None, branch=None, status=None, start=None, end=None)),
+            ("History of one test, first page",
+             lambda: repo.history(PROJECT, test_id, start=end - timedelta(days=90), end=end, limit=51, after=None,
+                                  environment=None, branch=None)),
+        ]
+        results = await conn.fetchval("SELECT count(*) FROM results")
+        executions = await conn.fetchval("SELECT count(*) FROM executions")
+        out = [f"# Query plans\n\nGenerated by `scripts/bench query --reuse --explain docs/query-plans.md` on "
+               f"the benchmark dataset (PostgreSQL {version}; {results:,} results in {executions:,} executions). "
+               f"Each plan is the statement the query service runs, under `EXPLAIN (ANALYZE, BUFFERS)`, "
+               f"after one warm-up run.\n"]
+        for title, call in cases:
+            await call()  # warm: plans cached, pages in shared buffers, as on a busy server
+            pool.plans.clear()
+            await call()
+            for sql, plan in pool.plans:
+                out.append(f"## {title}\n\n```sql\n{textwrap.dedent(sql).strip()}\n```\n\n```\n{plan}\n```\n")
+    finally:
+        await conn.close()
+    path.write_text("\n".join(out))
+
+
 async def main_async(args) -> dict:
     env, stack = servers_env()
     try:
@@ -358,6 +486,10 @@ async def main_async(args) -> dict:
         say(f"dataset: {info['executions']:,} executions, {info['results']:,} results, "
             f"{info['rollup_rows']:,} rollup rows")
 
+        if args.explain:
+            await explain(dsn, args.range_days, args.explain)
+            say(f"query plans written to {args.explain}")
+
         pod_env = {**env, "DB_URL": dsn, "LOG_LEVEL": "warning", "REDIS_POOL_MAX_ACTIVE": "32",
                    "REDIS_POOL_MAX_IDLE": "32", "CACHE_TTL_OVERVIEW": "600", "CACHE_TTL_TRENDS": "600"}
         logs = Path(tempfile.mkdtemp(prefix="atas-bench-query-logs-"))
@@ -381,13 +513,16 @@ def main() -> int:
     parser.add_argument("--executions", type=int, default=20_000, help="executions to generate (default 20000)")
     parser.add_argument("--results-per-execution", type=int, default=100, help="results per execution (default 100)")
     parser.add_argument("--days", type=int, default=90, help="days the executions span, ending now (default 90)")
-    parser.add_argument("--tests", type=int, default=400, help="distinct tests in the project's suite (default 400)")
+    parser.add_argument("--tests", type=int, default=120,
+                        help="tests in the project's suite; each execution runs ~100 of them (default 120)")
     parser.add_argument("--range-days", type=int, default=30, help="range of the measured dashboards (default 30)")
     parser.add_argument("--samples", type=int, default=2000, help="sequential requests for the hit/floor p50")
     parser.add_argument("--cold-samples", type=int, default=15, help="requests per cold measurement")
     parser.add_argument("--rps-seconds", type=float, default=3.0, help="duration of the throughput run")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--reuse", action="store_true", help="keep the dataset of a previous run when present")
+    parser.add_argument("--explain", type=Path, default=None, metavar="PATH",
+                        help="also write EXPLAIN ANALYZE of the heavy reads to PATH (markdown)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print(json.dumps(result))

@@ -34,7 +34,8 @@ def setup(app: web.Application, config: QueryConfig | None = None) -> None:
     """
     config = config or load_query_config()
     state = QueryState(config, ResponseCache(MemoryCacheEngine(config.memory_cache_entries),
-                                             lock_ttl_ms=config.lock_ttl_ms, retry_ms=config.redis_retry_ms))
+                                             lock_ttl_ms=config.lock_ttl_ms, retry_ms=config.redis_retry_ms,
+                                             near_ms=config.near_cache_ms))
     app[QUERY_STATE] = state
     for path, handler in ROUTES:
         app.router.add_get(path, handler, allow_head=False)

@@ -12,6 +12,8 @@ business rules and never asks which engine it has:
 * entries that events make stale (an execution's status, the first pages of recent executions)
   carry a *fence*: the invalidator bumps it, and a filler that read the database before the
   invalidation finds the fence moved and does not store its stale answer;
+* a *near cache* keeps what a process just read for at most ``QUERY_NEAR_CACHE_MS`` (not for
+  fenced entries), so hot dashboards cost one Redis GET per key, process and interval;
 * any Redis error opens a short circuit (``redis_retry_ms``): requests are answered from PostgreSQL
   (``X-Cache: bypass``) without waiting on Redis, and the next request after the pause tries again,
   so the cache comes back by itself when Redis does.
@@ -286,13 +288,41 @@ class ResponseCache:
     POLL_FIRST_S = 0.002
     POLL_MAX_S = 0.05
 
-    def __init__(self, engine: CacheEngine, *, lock_ttl_ms: int = 5000, retry_ms: int = 1000):
+    NEAR_MAX_ENTRIES = 1024
+
+    def __init__(self, engine: CacheEngine, *, lock_ttl_ms: int = 5000, retry_ms: int = 1000,
+                 near_ms: int = 0):
         self.engine = engine
         self._lock_ttl_ms = lock_ttl_ms
         self._retry_s = retry_ms / 1000
+        self._near_s = near_ms / 1000
         self._down_until = 0.0
         self._inflight: dict[str, asyncio.Future[Cached]] = {}
+        # The near cache: what this process just read from (or stored in) the shared cache, kept
+        # for at most `near_ms`, so a dashboard polled by many users costs one Redis GET per key per
+        # process per `near_ms`. Never for fenced entries (status, recent pages): an invalidation
+        # handled by another pod must be visible at once.
+        self._near: OrderedDict[str, tuple[float, Cached]] = OrderedDict()
         self.aggregations: dict[str, int] = {}
+
+    def _near_get(self, entry: Entry) -> Cached | None:
+        if self._near_s <= 0 or entry.fence is not None:
+            return None
+        item = self._near.get(entry.flight)
+        if item is None:
+            return None
+        if item[0] <= time.monotonic():
+            del self._near[entry.flight]
+            return None
+        return item[1]
+
+    def _near_put(self, entry: Entry, body: bytes, etag: str) -> None:
+        if self._near_s <= 0 or entry.fence is not None:
+            return
+        self._near[entry.flight] = (time.monotonic() + min(self._near_s, entry.ttl_s), Cached(body, etag, "hit"))
+        self._near.move_to_end(entry.flight)
+        if len(self._near) > self.NEAR_MAX_ENTRIES:
+            self._near.popitem(last=False)
 
     @property
     def available(self) -> bool:
@@ -315,6 +345,10 @@ class ResponseCache:
 
     async def fetch(self, entry: Entry, compute: Callable[[], Awaitable[bytes]]) -> Cached:
         """The cached response for ``entry``, computing (once) and storing it on a miss."""
+        near = self._near_get(entry)
+        if near is not None:
+            metrics.CACHE_REQUESTS.labels(entry.kind, "hit").inc()
+            return near
         if self.available:
             try:
                 value = await self.engine.get(entry)
@@ -323,7 +357,9 @@ class ResponseCache:
             else:
                 if value is not None:
                     metrics.CACHE_REQUESTS.labels(entry.kind, "hit").inc()
-                    return Cached(value[ETAG_LEN:], value[:ETAG_LEN].decode(), "hit")
+                    hit = Cached(value[ETAG_LEN:], value[:ETAG_LEN].decode(), "hit")
+                    self._near_put(entry, hit.body, hit.etag)
+                    return hit
         flight = self._inflight.get(entry.flight)
         if flight is None:
             flight = asyncio.get_running_loop().create_future()
@@ -339,6 +375,8 @@ class ResponseCache:
                 raise
             else:
                 flight.set_result(result)
+                if result.outcome == "miss":
+                    self._near_put(entry, result.body, result.etag)
             finally:
                 self._inflight.pop(entry.flight, None)
         else:

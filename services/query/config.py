@@ -34,6 +34,10 @@ class QueryConfig(msgspec.Struct, frozen=True):
     # After a Redis error, requests skip Redis for this long (X-Cache: bypass) instead of each one
     # paying a connection timeout; then the next request tries again, so recovery is automatic.
     redis_retry_ms: int = 1000
+    # How long a process may serve a shared-cache entry it just read without asking Redis again
+    # (overview, trends and per-test lists only; never status or recent pages, which events
+    # invalidate). Adds at most this much staleness to a TTL of a minute or more; 0 turns it off.
+    near_cache_ms: int = 1000
     # Entries the in-process cache engine keeps at most (atas dev, no Redis); least recently used go.
     memory_cache_entries: int = 10_000
     # Whether this process runs the Kafka consumer that invalidates status and recent-page entries.
@@ -51,6 +55,7 @@ def load_query_config(env: Mapping[str, str] | None = None) -> QueryConfig:
         cache_ttl_tests=e.int("CACHE_TTL_TESTS", 120, lo=0),
         lock_ttl_ms=e.int("QUERY_CACHE_LOCK_MS", 5000, lo=100, hi=120_000),
         redis_retry_ms=e.int("QUERY_REDIS_RETRY_MS", 1000, lo=0, hi=60_000),
+        near_cache_ms=e.int("QUERY_NEAR_CACHE_MS", 1000, lo=0, hi=60_000),
         memory_cache_entries=e.int("QUERY_MEMORY_CACHE_ENTRIES", 10_000, lo=1),
         invalidation_enabled=(e.str("QUERY_INVALIDATION", "on") or "on").lower() not in ("off", "0", "false"),
     )

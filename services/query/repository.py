@@ -214,48 +214,44 @@ class QueryRepository:
             return await conn.fetch(sql, *w.args)
 
     async def flaky(self, scope: Scope, first_day: date, end_day: date, limit: int) -> list[asyncpg.Record]:
-        """Tests that passed and failed on the same commit, or passed on a retry attempt.
+        """Tests that passed on a retry, or passed and failed on a commit run more than once.
 
-        Retry passes come from the rollup. Same-commit flips start from the failures of the range
-        (the partial index ``results_project_failures``) and probe, per failing (test, commit), for a
-        passing attempt in an execution of that commit: the cost follows failures, not results.
+        ``retry_passes`` (attempts > 1 that passed) come from the rollup. ``flaky_commits`` counts
+        the (commit, environment) pairs run by more than one execution in the range on which the
+        test both passed and failed: only the results of those re-run executions are read (by
+        primary key), so the cost follows re-runs, not all results of the range.
         """
-        w = _Where(scope.project, first_day, end_day)
-        ew = []
-        if scope.environment is not None:
-            ew.append(f"environment = {w.arg(scope.environment)}")
-        if scope.branch is not None:
-            ew.append(f"branch = {w.arg(scope.branch)}")
-        e_filter = "".join(f" AND e.{c}" for c in ew)
-        e2_filter = "".join(f" AND e2.{c}" for c in ew)
-        d_filter = "".join(f" AND d.{c}" for c in ew)
+        table, d = _daily(scope, first_day, end_day)
+        w = _Where(*d.args)
+        filters = "".join(f" AND e.{col} = {w.arg(val)}" for col, val in
+                          (("environment", scope.environment), ("branch", scope.branch)) if val is not None)
+        d_filter = " AND ".join(part for part in d.parts[1:])
+        d_filter = f" AND {d_filter}" if d_filter else ""
         lim = w.arg(limit)
-        table = "query_test_daily_branch" if scope.branch is not None else "query_test_daily"
         sql = f"""
-            WITH bounds AS (
-                SELECT ($2::date)::timestamp AT TIME ZONE 'UTC' AS lo,
-                       ($3::date)::timestamp AT TIME ZONE 'UTC' AS hi
-            ), fails AS (
-                SELECT DISTINCT r.test_id, e.commit_sha
-                FROM bounds b, results r JOIN executions e ON e.id = r.execution_id
-                WHERE r.project = $1 AND r.execution_started_at >= b.lo AND r.execution_started_at < b.hi
-                  AND r.status IN ('failed', 'error') AND e.commit_sha IS NOT NULL{e_filter}
+            WITH ex AS (
+                SELECT e.id, e.started_at, e.commit_sha, e.environment,
+                       count(*) OVER (PARTITION BY e.commit_sha, e.environment) AS runs
+                FROM executions e
+                WHERE e.project = $1 AND e.commit_sha IS NOT NULL
+                  AND e.started_at >= ($2::date)::timestamp AT TIME ZONE 'UTC'
+                  AND e.started_at < ($3::date)::timestamp AT TIME ZONE 'UTC'{filters}
             ), flips AS (
-                SELECT f.test_id, count(*) AS flaky_commits
-                FROM fails f, bounds b
-                WHERE EXISTS (
-                    SELECT 1 FROM executions e2
-                    JOIN results r2 ON r2.execution_started_at = e2.started_at
-                                   AND r2.execution_id = e2.id AND r2.test_id = f.test_id
-                    WHERE e2.project = $1 AND e2.commit_sha = f.commit_sha
-                      AND e2.started_at >= b.lo AND e2.started_at < b.hi
-                      AND r2.status = 'passed'{e2_filter})
-                GROUP BY f.test_id
+                SELECT g.test_id, count(*) AS flaky_commits
+                FROM (
+                    SELECT x.commit_sha, x.environment, r.test_id
+                    FROM ex x
+                    JOIN results r ON r.execution_started_at = x.started_at AND r.execution_id = x.id
+                    WHERE x.runs > 1
+                    GROUP BY 1, 2, 3
+                    HAVING bool_or(r.status = 'passed') AND bool_or(r.status IN ('failed', 'error'))
+                ) g
+                GROUP BY g.test_id
             ), retries AS (
-                SELECT d.test_id, sum(d.retry_passed)::bigint AS retry_passes
-                FROM {table} d
-                WHERE d.project = $1 AND d.day >= $2 AND d.day < $3 AND d.retry_passed > 0{d_filter}
-                GROUP BY d.test_id
+                SELECT test_id, sum(retry_passed)::bigint AS retry_passes
+                FROM {table}
+                WHERE project = $1 AND day >= $2 AND day < $3 AND retry_passed > 0{d_filter}
+                GROUP BY test_id
             ), flaky AS (
                 SELECT coalesce(f.test_id, r.test_id) AS test_id,
                        coalesce(f.flaky_commits, 0) AS flaky_commits,
@@ -267,7 +263,7 @@ class QueryRepository:
             SELECT k.test_id, k.flaky_commits, k.retry_passes,
                    max(d.name) AS name, max(d.suite) AS suite, coalesce(sum(d.runs), 0)::bigint AS runs
             FROM flaky k LEFT JOIN {table} d
-              ON d.project = $1 AND d.day >= $2 AND d.day < $3 AND d.test_id = k.test_id{d_filter}
+              ON d.project = $1 AND d.day >= $2 AND d.day < $3 AND d.test_id = k.test_id{d_filter.replace(" AND ", " AND d.")}
             GROUP BY k.test_id, k.flaky_commits, k.retry_passes
             ORDER BY k.flaky_commits + k.retry_passes DESC, k.test_id"""
         async with self._pool.acquire() as conn:

@@ -156,15 +156,21 @@ async def test_per_test_lists_equal_a_recount(pg, redis_settings, token, populat
 
     runs, fails, dsum = defaultdict(int), defaultdict(int), defaultdict(int)
     passed_on, failed_on, retry_passes = defaultdict(set), defaultdict(set), defaultdict(int)
+    executions_of = defaultdict(int)  # (commit, environment) -> executions in scope
     for e in execs:
+        executions_of[(e.commit, e.environment)] += 1
+    for e in execs:
+        rerun = executions_of[(e.commit, e.environment)] > 1
         for r in e.results:
             runs[r.test_id] += 1
             dsum[r.test_id] += r.duration_ms
             if r.status in ("failed", "error"):
                 fails[r.test_id] += 1
-                failed_on[r.test_id].add(e.commit)
+                if rerun:
+                    failed_on[r.test_id].add((e.commit, e.environment))
             if r.status == "passed":
-                passed_on[r.test_id].add(e.commit)
+                if rerun:
+                    passed_on[r.test_id].add((e.commit, e.environment))
                 if r.attempt > 1:
                     retry_passes[r.test_id] += 1
 

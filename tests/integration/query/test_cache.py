@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from atas.common.config import CacheTtls, RedisSettings
+from atas.query.config import QueryConfig
 from atas.query.routes import QUERY_STATE
 from tests.conftest import make_settings
 from tests.helpers import free_port
@@ -180,9 +181,8 @@ async def test_every_endpoint_answers_with_redis_down_and_caching_resumes_by_its
             ("/v1/tests/failing", rng), ("/v1/tests/slowest", rng), ("/v1/tests/flaky", rng),
             (f"/v1/tests/{execution.results[0].test_id.replace('/', '%2F')}/history", rng),
         ]
-        async with query_client(settings) as client:
-            state = _state(client)
-            state.cache._retry_s = 0.05  # retry Redis quickly in this test
+        # Without the near cache, so that every read after the outage really asks Redis.
+        async with query_client(settings, QueryConfig(near_cache_ms=0, redis_retry_ms=50)) as client:
             healthy = {}
             for path, params in requests:
                 resp = await client.get(path, params=params, headers=auth)

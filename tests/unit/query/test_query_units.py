@@ -108,3 +108,18 @@ async def test_recent_pages_are_dropped_together():
     assert (await cache.fetch(a, body)).outcome == "hit"
     await cache.invalidate([c.recent_key("demo")])
     assert await engine.get(a) is None and await engine.get(b) is None
+
+
+async def test_near_cache_serves_recent_reads_but_never_event_invalidated_entries():
+    engine = c.MemoryCacheEngine()
+    cache = c.ResponseCache(engine, near_ms=60_000)
+    overview, status = c.overview_entry("demo", "k", 60), c.status_entry("demo", "e1", 60)
+
+    async def body() -> bytes:
+        return b"{}"
+
+    await cache.fetch(overview, body)
+    await cache.fetch(status, body)
+    await engine.invalidate([overview.key, status.key])  # e.g. evicted or invalidated elsewhere
+    assert (await cache.fetch(overview, body)).outcome == "hit"  # this process still has it, briefly
+    assert (await cache.fetch(status, body)).outcome == "miss"  # status always asks the shared cache
