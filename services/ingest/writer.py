@@ -1,8 +1,10 @@
 """The write path: executions, result batches and their outbox events, one transaction each.
 
 Every function here runs inside a transaction the caller opened and does a fixed number of
-statements, whatever the batch size: results go in with one ``INSERT ... SELECT FROM unnest(...)``
-(never a statement per row). Concurrent batches for one execution serialise on the execution's
+statements, whatever the batch size (never a statement per row). A batch seen for the first time
+goes in with one ``COPY`` inside a savepoint; if any of its results is already stored (a retry),
+the savepoint is rolled back and one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``
+stores only what is new. Concurrent batches for one execution serialise on the execution's
 row lock, which is taken first, so counters stay exact and overlapping batches cannot deadlock on
 each other's result keys. The events of DESIGN.md are appended to the outbox in the same
 transaction, with ``seq`` from ``executions.last_seq``: committed data and its events are one unit.
@@ -13,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
@@ -212,13 +214,91 @@ def _columns(results: Sequence[ResultIn]) -> list[list]:
     return cols
 
 
-async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results: Sequence[ResultIn],
-                      config: IngestConfig, authorize: Authorize) -> BatchAccepted:
-    """Store a batch; duplicates (same test_id + attempt, or same id) are skipped and counted."""
-    started = time.perf_counter()
-    lock = await _lock(conn, execution_id, authorize)
-    project = lock["project"]
-    rows = await conn.fetch(_INSERT_RESULTS, lock["started_at"], execution_id, project, *_columns(results))
+_Stored = tuple[dict[str, int], int, set[tuple[str, int]]]  # counts by status, duration sum, failed keys
+
+
+def _distinct(results: Sequence[ResultIn]) -> bool:
+    """True when no two results of the batch share (test_id, attempt) or a client id."""
+    keys = {(r.test_id, r.attempt) for r in results}
+    ids = [r.id for r in results if r.id is not None]
+    return len(keys) == len(results) and len(set(ids)) == len(ids)
+
+
+def _tally(results: Sequence[ResultIn]) -> _Stored:
+    by_status = dict.fromkeys(RESULT_STATUSES, 0)
+    duration = 0
+    failed: set[tuple[str, int]] = set()
+    for r in results:
+        by_status[r.status] += 1
+        duration += r.duration_ms or 0
+        if r.status in ("failed", "error"):
+            failed.add((r.test_id, r.attempt))
+    return by_status, duration, failed
+
+
+# COPY text format: NULL is \N; backslash, newline, carriage return and tab inside values are escaped.
+_NULL = "\\N"
+_COPY_COLUMNS = ("execution_started_at", "execution_id", "project", "test_id", "attempt", "name", "suite", "file",
+                 "status", "started_at", "duration_ms", "error_type", "error_message", "error_trace",
+                 "attachments", "attributes")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _copy_data(started_at: datetime, execution_id: uuid.UUID, project: str, results: Sequence[ResultIn],
+               with_ids: bool) -> bytes:
+    """The batch as COPY text. Rows are joined unescaped first and escaped only when the check says
+    a value holds a special character: almost no row does, and escaping every field costs more
+    than the COPY itself."""
+    enc = _json.encode
+    prefix = "\t".join((started_at.isoformat(), str(execution_id), _escape(project), ""))
+    separators = len(_COPY_COLUMNS) - 3 - (0 if with_ids else 1)
+    lines = []
+    for r in results:
+        fields = (r.test_id, str(r.attempt), r.name, r.suite, r.file, r.status,
+                  None if r.started_at is None else r.started_at.isoformat(),
+                  None if r.duration_ms is None else str(r.duration_ms),
+                  r.error_type, r.error_message, r.error_trace,
+                  enc(r.attachments).decode() if r.attachments else None,
+                  enc(r.attributes).decode() if r.attributes else None)
+        if with_ids:
+            fields += (str(r.id or uuid.uuid4()),)
+        line = "\t".join([_NULL if f is None else f for f in fields])
+        if (line.count("\\") != fields.count(None) or line.count("\t") != separators
+                or "\n" in line or "\r" in line):
+            line = "\t".join([_NULL if f is None else _escape(f) for f in fields])
+        lines.append(prefix + line)
+    lines.append("")
+    return "\n".join(lines).encode()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    """COPY source: an async iterable keeps asyncpg from reading a file object in a worker thread."""
+    yield data
+
+
+async def _copy_results(conn: asyncpg.Connection, started_at: datetime, execution_id: uuid.UUID, project: str,
+                        results: Sequence[ResultIn]) -> _Stored | None:
+    """The fast path for a batch seen for the first time: COPY, about twice the rate of an
+    ``INSERT ... ON CONFLICT``. Returns None (nothing stored) when some result is already stored."""
+    # Without client ids the column is left out and PostgreSQL generates them (V011).
+    with_ids = any(r.id is not None for r in results)
+    data = _copy_data(started_at, execution_id, project, results, with_ids)
+    try:
+        async with conn.transaction():  # a savepoint: a duplicate undoes only this attempt
+            await conn.copy_to_table("results", source=_once(data), format="text",
+                                     columns=_COPY_COLUMNS + ("id",) if with_ids else _COPY_COLUMNS)
+    except asyncpg.UniqueViolationError:
+        return None
+    return _tally(results)
+
+
+async def _insert_new_results(conn: asyncpg.Connection, started_at: datetime, execution_id: uuid.UUID,
+                              project: str, results: Sequence[ResultIn]) -> _Stored:
+    """Insert what is not stored yet; the aggregate of the inserted rows says what that was."""
+    rows = await conn.fetch(_INSERT_RESULTS, started_at, execution_id, project, *_columns(results))
     by_status = dict.fromkeys(RESULT_STATUSES, 0)
     duration = 0
     failed_keys: set[tuple[str, int]] = set()
@@ -227,6 +307,21 @@ async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results
         duration += r["ms"]
         if r["failed_ids"]:
             failed_keys.update(zip(r["failed_ids"], r["failed_attempts"]))
+    return by_status, duration, failed_keys
+
+
+async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results: Sequence[ResultIn],
+                      config: IngestConfig, authorize: Authorize) -> BatchAccepted:
+    """Store a batch; duplicates (same test_id + attempt, or same id) are skipped and counted."""
+    started = time.perf_counter()
+    lock = await _lock(conn, execution_id, authorize)
+    project = lock["project"]
+    stored = None
+    if _distinct(results):
+        stored = await _copy_results(conn, lock["started_at"], execution_id, project, results)
+    if stored is None:  # a retry (or a batch repeating itself): skip what is already stored
+        stored = await _insert_new_results(conn, lock["started_at"], execution_id, project, results)
+    by_status, duration, failed_keys = stored
     accepted = sum(by_status.values())
     row = await conn.fetchrow(
         _ADD_COUNTS, execution_id, accepted, by_status["passed"], by_status["failed"], by_status["skipped"],

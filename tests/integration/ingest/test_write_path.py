@@ -262,3 +262,20 @@ async def test_openapi_documents_the_ingest_routes(ingest):
     result = doc["components"]["schemas"]["ResultIn"]
     assert set(result["properties"]["status"]["enum"]) == {"passed", "failed", "skipped", "error"}
     assert "test_id" in result["required"]
+
+
+async def test_special_characters_are_stored_exactly(ingest, auth, pg):
+    client = await ingest(config=_no_relay())
+    h = auth()
+    ex = await start(client, h)
+    nasty = "tab\there\nnew line\r\\N back\\slash \\t ünïcødé 🚀"
+    batch = [{"test_id": nasty, "name": nasty, "status": "failed", "suite": "\\", "error_message": nasty,
+              "error_trace": nasty * 3, "attributes": {nasty: nasty, "path": "C:\\tmp\\new"}},
+             {"test_id": "\\N", "name": "\\N", "status": "passed", "suite": None}]
+    resp = await client.post(f"/v1/executions/{ex['id']}/results", json={"results": batch}, headers=h)
+    assert resp.status == 200 and (await resp.json())["accepted"] == 2
+    rows = {r["test_id"]: r for r in await _fetch(pg, "SELECT * FROM results")}
+    assert rows[nasty]["name"] == nasty and rows[nasty]["error_trace"] == nasty * 3
+    assert rows[nasty]["suite"] == "\\"
+    assert msgspec.json.decode(rows[nasty]["attributes"]) == batch[0]["attributes"]
+    assert rows["\\N"]["name"] == "\\N" and rows["\\N"]["suite"] is None and rows["\\N"]["id"] is not None
