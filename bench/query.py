@@ -8,7 +8,9 @@ Generates a dataset with COPY into a database of its own (``atas_bench_query``),
 rollup trigger, then runs two ``atas serve query`` processes (two pods sharing Redis) and measures:
 
 * ``redis_get_p50_ms``: the floor, a GET of a value of the same size from this process;
-* ``hit_p50_ms`` / ``hit_rps``: the overview served from cache over HTTP (sequential / 64 in flight);
+* ``hit_p50_ms`` / ``hit_rps``: the overview served from cache over HTTP (sequential / 64 in flight),
+  by a pod with the near cache (the default); ``hit_redis_p50_ms``: the same from a pod without
+  it, so every hit is a Redis GET;
 * ``miss_overview_p50_ms`` / ``miss_trends_p50_ms``: cold aggregations over ``--range-days``;
 * ``page1_ms`` / ``page1000_ms``: keyset pages of recent executions (not served from cache);
 * ``stampede_aggregations``: 200 concurrent requests on one cold key, spread over both pods;
@@ -95,11 +97,17 @@ def generate(executions: int, per_execution: int, days: int, tests: int, seed: i
     ids = [f"{files[i]}::{names[i]}" for i in range(tests)]
     base_ms = [rng.randint(5, 2000) for _ in range(tests)]
     flaky = set(rng.sample(range(tests), k=max(1, tests // 20)))
-    commit = "c0"
+    # CI-like: each commit runs a pipeline of one execution per environment; 8 % of executions are
+    # re-runs of the previous one (same commit, environment and branch).
+    commit, branch, slot = "c0", BRANCHES[0], -1
     for n in range(executions):
         started = now - timedelta(seconds=span * (1 - (n + rng.random()) / executions))
-        if rng.random() < 0.2:
-            commit = f"{rng.getrandbits(40):010x}"
+        if not (n and rng.random() < 0.08):
+            slot = (slot + 1) % len(ENVIRONMENTS)
+            if slot == 0:
+                commit = f"{rng.getrandbits(40):010x}"
+                branch = BRANCHES[0] if rng.random() < 0.5 else rng.choice(BRANCHES[1:])
+        environment = ENVIRONMENTS[slot]
         eid = uuid.uuid4()
         rows = []
         offset = rng.randrange(tests)
@@ -125,7 +133,7 @@ def generate(executions: int, per_execution: int, days: int, tests: int, seed: i
                 attempt += 1
         running = n >= executions - 5
         status = "running" if running else ("failed" if counts["failed"] + counts["error"] else "passed")
-        execution = (eid, project, f"build {n}", ENVIRONMENTS[n % 3], BRANCHES[(n // 3) % 4], commit, status,
+        execution = (eid, project, f"build {n}", environment, branch, commit, status,
                      started, None if running else started + timedelta(milliseconds=total_ms // 4),
                      len(rows), counts["passed"], counts["failed"], counts["skipped"], counts["error"], total_ms)
         yield execution, rows
@@ -301,18 +309,24 @@ async def measure(env: dict[str, str], pods: list[ServiceProcess], args) -> dict
             await redis.delete(key)
         finally:
             await redis.aclose()
-        hits = []
-        async with RawHttp(base) as raw:
-            request = raw.request(str(yarl.URL("/v1/dashboard/overview").with_query(params)), headers)
-            for _ in range(args.samples):
-                started = time.perf_counter()
-                status, got, _ = await raw.get(request)
-                hits.append((time.perf_counter() - started) * 1000)
-                assert status == 200 and got["x-cache"] == "hit", (status, got)
+        async def hit_latencies(url: str) -> list[float]:
+            out_ms = []
+            async with RawHttp(url) as raw:
+                request = raw.request(str(yarl.URL("/v1/dashboard/overview").with_query(params)), headers)
+                for _ in range(args.samples):
+                    started = time.perf_counter()
+                    status, got, _ = await raw.get(request)
+                    out_ms.append((time.perf_counter() - started) * 1000)
+                    assert status == 200 and got["x-cache"] == "hit", (status, got)
+            return out_ms
+
+        hits = await hit_latencies(base)
+        out["hit_redis_p50_ms"] = p50(await hit_latencies(pods[1].url))
         out["redis_get_p50_ms"] = p50(floor)
         out["hit_p50_ms"] = p50(hits)
         out["overview_body_bytes"] = len(body)
-        say(f"redis GET p50 {out['redis_get_p50_ms']} ms, hit p50 {out['hit_p50_ms']} ms")
+        say(f"redis GET p50 {out['redis_get_p50_ms']} ms, hit p50 {out['hit_p50_ms']} ms "
+            f"(near cache), {out['hit_redis_p50_ms']} ms (every hit read from Redis)")
 
         count = 0
         deadline = time.perf_counter() + args.rps_seconds
@@ -493,7 +507,9 @@ async def main_async(args) -> dict:
         pod_env = {**env, "DB_URL": dsn, "LOG_LEVEL": "warning", "REDIS_POOL_MAX_ACTIVE": "32",
                    "REDIS_POOL_MAX_IDLE": "32", "CACHE_TTL_OVERVIEW": "600", "CACHE_TTL_TRENDS": "600"}
         logs = Path(tempfile.mkdtemp(prefix="atas-bench-query-logs-"))
-        pods = [ServiceProcess(["serve", "query"], pod_env, logs, f"query-{i}") for i in range(2)]
+        # Pod 1 runs without the near cache: its hits always read Redis (hit_redis_p50_ms).
+        pods = [ServiceProcess(["serve", "query"], {**pod_env, "QUERY_NEAR_CACHE_MS": str(near)}, logs, f"query-{i}")
+                for i, near in enumerate((1000, 0))]
         try:
             for pod in pods:
                 pod.wait_healthy(60)

@@ -241,7 +241,14 @@ class QueryRepository:
                 FROM (
                     SELECT x.commit_sha, x.environment, r.test_id
                     FROM ex x
-                    JOIN results r ON r.execution_started_at = x.started_at AND r.execution_id = x.id
+                    -- One primary-key range per re-run execution. OFFSET 0 keeps the subquery a
+                    -- parameterised scan: the planner cannot estimate how few executions are
+                    -- re-runs and would otherwise hash-join every result of the table.
+                    CROSS JOIN LATERAL (
+                        SELECT r.test_id, r.status FROM results r
+                        WHERE r.execution_started_at = x.started_at AND r.execution_id = x.id
+                        OFFSET 0
+                    ) r
                     WHERE x.runs > 1
                     GROUP BY 1, 2, 3
                     HAVING bool_or(r.status = 'passed') AND bool_or(r.status IN ('failed', 'error'))

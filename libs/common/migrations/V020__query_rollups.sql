@@ -51,11 +51,20 @@ CREATE TABLE query_test_daily_branch (
 
 CREATE FUNCTION atas_query_rollup_results() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    WITH agg AS (
+    -- The statement's executions (usually one), each looked up by primary key. OFFSET 0 keeps the
+    -- lookup a parameterised index scan: transition tables have no statistics, and a plain join
+    -- may be planned as a hash join over every execution of the table.
+    WITH ex AS MATERIALIZED (
+        SELECT x.execution_id, coalesce(e.environment, '') AS environment, coalesce(e.branch, '') AS branch
+        FROM (SELECT DISTINCT execution_id FROM new_results) x
+        LEFT JOIN LATERAL (
+            SELECT environment, branch FROM executions WHERE id = x.execution_id OFFSET 0
+        ) e ON true
+    ), agg AS (
         SELECT n.project,
                (n.execution_started_at AT TIME ZONE 'UTC')::date AS day,
-               coalesce(e.environment, '') AS environment,
-               coalesce(e.branch, '') AS branch,
+               e.environment,
+               e.branch,
                n.test_id,
                max(n.name) AS name,
                max(n.suite) AS suite,
@@ -70,7 +79,7 @@ BEGIN
                max(n.duration_ms) AS duration_max,
                max(n.execution_started_at) FILTER (WHERE n.status IN ('failed', 'error')) AS last_failed_at
         FROM new_results n
-        LEFT JOIN executions e ON e.id = n.execution_id
+        JOIN ex e ON e.execution_id = n.execution_id
         GROUP BY 1, 2, 3, 4, 5
     ), by_env AS (
         INSERT INTO query_test_daily AS t (

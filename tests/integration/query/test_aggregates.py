@@ -233,3 +233,27 @@ async def test_execution_results_filter_by_status_and_page(pg, redis_settings, t
     assert got == expected
     assert view["counts"] == {s: execution.count(s) for s in ("passed", "failed", "skipped", "error")}
     assert view["status"] == execution.status and view["total"] == len(execution.results)
+
+
+async def test_rollups_follow_deleted_results(pg, redis_settings, token, populated):
+    """Results deleted by statement are subtracted from both rollups (no recount drift)."""
+    victims = [e for e in populated.executions if e.project == "demo"][:10]
+    async with populated.pool.acquire() as conn:
+        await conn.execute("DELETE FROM results WHERE execution_id = ANY($1::uuid[])", [e.id for e in victims])
+    for e in victims:
+        e.results.clear()
+    start, end = START, NOW.replace(hour=0) + timedelta(days=1)
+    settings = make_settings(db_dsn=pg, redis=redis_settings)
+    async with query_client(settings) as client:
+        for filters in ({}, {"branch": "main"}):
+            params = {"project": "demo", "from": iso(start), "to": iso(end), "limit": "200", **filters}
+            got = await (await client.get("/v1/tests/failing", params=params,
+                                          headers={"Authorization": f"Bearer {token()}"})).json()
+            fails, runs = defaultdict(int), defaultdict(int)
+            for e in populated.executions:
+                if in_scope(e, start, end, **filters):
+                    for r in e.results:
+                        runs[r.test_id] += 1
+                        fails[r.test_id] += r.status in ("failed", "error")
+            assert {t["test_id"]: (t["failures"], t["runs"]) for t in got["items"]} == {
+                t: (n, runs[t]) for t, n in fails.items() if n}
