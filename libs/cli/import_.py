@@ -1,0 +1,70 @@
+"""``atas import junit FILE``: upload a JUnit XML report to an ATAS ingest service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import", help="upload test reports (JUnit XML) to ATAS",
+        description="Upload a report to the ingest API; it becomes one finished execution. Retries on "
+                    "503/connection errors; uploading the same file with the same options again is harmless.",
+    )
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    j = kinds.add_parser(
+        "junit", help="a JUnit XML report (Surefire, pytest --junitxml, jest-junit, Playwright, ...)",
+        description="Example: atas import junit target/surefire-reports/TEST-x.xml --project web "
+                    "--url http://localhost:8080 --token $TOKEN --branch main",
+    )
+    j.add_argument("file", type=Path, help="the JUnit XML file")
+    j.add_argument("--project", "-p", required=True, help="project key, e.g. web")
+    j.add_argument("--url", default=None, help="ingest base URL (default: $ATAS_URL)")
+    j.add_argument("--token", default=None, help="JWT with scope ingest:write (default: $ATAS_TOKEN)")
+    j.add_argument("--name", default=None, help="execution name (default: the report's name)")
+    j.add_argument("--environment", default=None)
+    j.add_argument("--branch", default=None)
+    j.add_argument("--commit", default=None)
+    j.add_argument("--build-url", default=None)
+    j.add_argument("--execution-id", default=None, help="UUID to give the execution (default: derived from "
+                                                        "the file and options, so a re-upload is recognised)")
+    j.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    j.add_argument("--retries", type=int, default=5, help="retries on 503/connection errors (default 5)")
+    j.set_defaults(func=run_junit)
+
+
+def run_junit(args: argparse.Namespace) -> int:
+    from atas.client import AtasError, Client
+
+    url = args.url or os.environ.get("ATAS_URL")
+    token = args.token or os.environ.get("ATAS_TOKEN")
+    if not url or not token:
+        missing = " and ".join(n for n, v in (("--url (or ATAS_URL)", url), ("--token (or ATAS_TOKEN)", token)) if not v)
+        print(f"atas: {missing} required", file=sys.stderr)
+        return 2
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        print(f"atas: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        with Client(url, token, timeout_s=args.timeout, retries=args.retries) as client:
+            imported = client.import_junit(args.project, data, name=args.name, environment=args.environment,
+                                           branch=args.branch, commit=args.commit, build_url=args.build_url,
+                                           execution_id=args.execution_id)
+    except AtasError as exc:
+        where = f" (field {exc.field})" if exc.field else ""
+        print(f"atas: import refused: {exc}{where}", file=sys.stderr)
+        return 1
+    ex = imported.execution
+    c = ex.counts
+    verb = "imported" if imported.created else "already imported (nothing added)"
+    print(f"{args.file}: {verb} as execution {ex.id} in project {ex.project}")
+    print(f"  {c.total} results: {c.passed} passed, {c.failed} failed, {c.error} error, {c.skipped} skipped"
+          f"  → status {ex.status}")
+    if imported.created and imported.duplicates:
+        print(f"  {imported.duplicates} results repeated within the report were stored once")
+    return 0
