@@ -189,6 +189,11 @@ class Server:
                 await asyncio.sleep(0.2)
         raise TimeoutError("atas serve ingest did not become ready")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -293,9 +298,12 @@ async def run(args: argparse.Namespace) -> dict:
             token = mint_token(env["JWT_SECRET"], subject="bench", scopes=["ingest:write"], projects=[PROJECT])
             say(f"ingest: POST {args.rows} results in batches of {args.batch}, concurrency {args.concurrency}, "
                 f"to {server.url}")
+            cpu0 = server.cpu_seconds()
             ingest_rps, ingest_p99 = await ingest(server.url, token, results, args.batch, args.concurrency,
                                                   args.warmup)
-            say(f"ingest: {ingest_rps:,.0f} results/s (p99 batch {ingest_p99:.1f} ms)")
+            server_cpu = server.cpu_seconds() - cpu0
+            say(f"ingest: {ingest_rps:,.0f} results/s (p99 batch {ingest_p99:.1f} ms); server process used "
+                f"{server_cpu:.2f} CPU s ({server_cpu * 1e6 / args.rows:.0f} µs per result)")
             drained = await outbox_drained(dsn)
             say(f"relay: outbox drained {drained:.2f} s after the load ended")
         finally:
@@ -310,7 +318,8 @@ async def run(args: argparse.Namespace) -> dict:
         "bench": "ingest", "rows": args.rows, "batch": args.batch, "concurrency": args.concurrency,
         "floor_rows_per_s": round(floor_rps), "floor_p99_batch_ms": round(floor_p99, 1),
         "ingest_results_per_s": round(ingest_rps), "ratio": round(ingest_rps / floor_rps, 3),
-        "p99_batch_ms": round(ingest_p99, 1), "outbox_drain_s": round(drained, 2), "cpus": os.cpu_count(),
+        "p99_batch_ms": round(ingest_p99, 1), "outbox_drain_s": round(drained, 2),
+        "server_cpu_us_per_result": round(server_cpu * 1e6 / args.rows, 1), "cpus": os.cpu_count(),
     }
 
 
