@@ -1,4 +1,5 @@
-"""The query service: ``setup(app)`` adds the read API, its cache and the invalidation consumer.
+"""The query service: ``setup(app)`` adds the read API, its cache, the rollup worker and the
+invalidation consumer.
 
 Composable with ingest and stream on one app (``atas dev``): only GET routes, its own app keys,
 readiness check names and OpenAPI fragment, no middleware.
@@ -20,6 +21,7 @@ from .config import QueryConfig, load_query_config
 from .invalidation import Invalidator
 from .openapi import fragment
 from .repository import QueryRepository
+from .rollups import RollupWorker
 from .routes import QUERY_STATE, ROUTES, QueryState
 
 log = get_logger(__name__)
@@ -47,21 +49,25 @@ def setup(app: web.Application, config: QueryConfig | None = None) -> None:
             state.cache.engine = RedisCacheEngine(engines.redis)
         if engines.pool is not None:
             state.repo = QueryRepository(engines.pool)
-        task = None
+        tasks = []
         stop = asyncio.Event()
+        if engines.pool is not None:
+            worker = RollupWorker(engines.pool, interval_s=config.rollup_interval_ms / 1000,
+                                  batch=config.rollup_batch)
+            tasks.append(asyncio.create_task(worker.run(stop), name="atas-query-rollups"))
         if config.invalidation_enabled:
             invalidator = Invalidator(engines.bus, state.cache)
             state.invalidator = invalidator
-            task = asyncio.create_task(invalidator.run(stop), name="atas-query-invalidator")
+            tasks.append(asyncio.create_task(invalidator.run(stop), name="atas-query-invalidator"))
         log.info("query service ready", cache="redis" if engines.redis is not None else "in-process",
                  invalidation=config.invalidation_enabled)
         yield
         stop.set()
-        if task is not None:
+        for task in tasks:
             try:
                 await asyncio.wait_for(task, STOP_TIMEOUT_S)
             except TimeoutError:
-                log.warning("invalidation consumer did not stop in time; cancelled")
+                log.warning("background task did not stop in time; cancelled", task=task.get_name())
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

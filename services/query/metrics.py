@@ -27,3 +27,8 @@ INVALIDATION_EVENTS = Counter(
     "atas_query_invalidation_events_total", "Events read by the invalidation consumer, by outcome",
     ["outcome"],
 )
+ROLLUP_APPLIED = Counter("atas_query_rollup_deltas_total", "Queued per-test deltas applied to the rollups")
+ROLLUP_SECONDS = Histogram(
+    "atas_query_rollup_round_seconds", "Duration of rollup worker rounds that applied deltas",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

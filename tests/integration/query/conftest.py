@@ -21,6 +21,7 @@ from atas.common.app import create_app
 from atas.common.engines import install_engines
 from atas.query.app import setup
 from atas.query.config import QueryConfig
+from atas.query.rollups import settle
 from tests.conftest import make_settings
 
 RESULT_COLUMNS = ["execution_started_at", "execution_id", "project", "test_id", "attempt", "id", "name",
@@ -130,6 +131,7 @@ class Dataset:
                     "results", columns=RESULT_COLUMNS,
                     records=[(r.execution_started_at, r.execution_id, r.project, r.test_id, r.attempt, uuid.uuid4(),
                               r.name, r.suite, r.status, r.duration_ms) for e in executions for r in e.results])
+        await settle(self.pool)  # the rollups now hold every result written
         self.executions.extend(executions)
 
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from atas.query.rollups import settle
 from tests.conftest import make_settings
 from tests.integration.query.conftest import Dataset, query_client
 
@@ -240,6 +241,7 @@ async def test_rollups_follow_deleted_results(pg, redis_settings, token, populat
     victims = [e for e in populated.executions if e.project == "demo"][:10]
     async with populated.pool.acquire() as conn:
         await conn.execute("DELETE FROM results WHERE execution_id = ANY($1::uuid[])", [e.id for e in victims])
+    await settle(populated.pool)
     for e in victims:
         e.results.clear()
     start, end = START, NOW.replace(hour=0) + timedelta(days=1)

@@ -16,11 +16,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from atas.common.app import create_app
 from atas.common.bus import MemoryBus
 from atas.common.config import CacheTtls
-from atas.common.engines import install_engines
+from atas.common.engines import ENGINES, install_engines
 from atas.ingest.app import setup as setup_ingest
 from atas.ingest.config import IngestConfig
 from atas.query.app import setup as setup_query
 from atas.query.config import QueryConfig
+from atas.query.rollups import settle
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.pg
@@ -74,6 +75,7 @@ async def test_reads_reflect_ingest_writes_and_events(both, token):
             await asyncio.sleep(0.05)
     assert view["status"] == "failed"
 
+    await settle(both.server.app[ENGINES].pool)  # the rollup worker runs every 500 ms; do not wait for it
     failing = await (await both.get("/v1/tests/failing", params={"project": "demo", "limit": "200"}, headers=h)).json()
     fails, runs = defaultdict(int), defaultdict(int)
     for r in sent:

@@ -1,0 +1,127 @@
+"""The rollup worker: applies the deltas ingest's trigger queued to the per-test daily rollups.
+
+See ``V020__query_rollups.sql``. Each round claims up to ``batch`` committed queue rows with
+``DELETE … FOR UPDATE SKIP LOCKED``, aggregates them by rollup key and upserts both rollups (keys
+in order, so two pods' workers wait for each other rather than deadlock), all in one transaction:
+a delta is applied exactly once or, if the round fails, stays queued. Rows of ingest transactions
+that commit later are simply claimed by a later round. The worker only writes the query service's
+own tables (the rollups and their queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from atas.common.db import UNAVAILABLE_ERRORS
+from atas.common.logging import get_logger
+
+from . import metrics
+
+log = get_logger(__name__)
+
+_SUMS = """sum(runs) AS runs, sum(passed) AS passed, sum(failed) AS failed, sum(skipped) AS skipped,
+           sum(errored) AS errored, sum(retry_passed) AS retry_passed, sum(duration_sum) AS duration_sum,
+           sum(duration_count) AS duration_count, max(duration_max) AS duration_max,
+           max(last_failed_at) AS last_failed_at"""
+
+
+def _upsert(table: str, key: str) -> str:
+    return f"""
+        INSERT INTO {table} AS t ({key}, name, suite, runs, passed, failed, skipped, errored, retry_passed,
+                                  duration_sum, duration_count, duration_max, last_failed_at)
+        SELECT {key}, max(name), max(suite), {_SUMS}
+        FROM agg GROUP BY {key} ORDER BY {key}
+        ON CONFLICT ({key}) DO UPDATE SET
+            name           = excluded.name,
+            suite          = coalesce(excluded.suite, t.suite),
+            runs           = t.runs + excluded.runs,
+            passed         = t.passed + excluded.passed,
+            failed         = t.failed + excluded.failed,
+            skipped        = t.skipped + excluded.skipped,
+            errored        = t.errored + excluded.errored,
+            retry_passed   = t.retry_passed + excluded.retry_passed,
+            duration_sum   = t.duration_sum + excluded.duration_sum,
+            duration_count = t.duration_count + excluded.duration_count,
+            duration_max   = greatest(t.duration_max, excluded.duration_max),
+            last_failed_at = greatest(t.last_failed_at, excluded.last_failed_at)"""
+
+
+# Data-modifying CTEs run whether or not the final SELECT reads them; it reports the claimed rows.
+APPLY_SQL = f"""
+    WITH claimed AS (
+        DELETE FROM query_rollup_queue
+        WHERE id IN (SELECT id FROM query_rollup_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+        RETURNING *
+    ), agg AS (
+        SELECT project, day, environment, branch, test_id, max(name) AS name, max(suite) AS suite, {_SUMS}
+        FROM claimed GROUP BY project, day, environment, branch, test_id
+    ), by_env AS ({_upsert("query_test_daily", "project, day, environment, test_id")}
+    ), by_branch AS ({_upsert("query_test_daily_branch", "project, branch, day, environment, test_id")}
+    )
+    SELECT count(*) FROM claimed"""
+
+
+async def apply_once(pool: asyncpg.Pool, batch: int = 20_000) -> int:
+    """One round: apply up to ``batch`` queued deltas; returns how many were applied."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            return await conn.fetchval(APPLY_SQL, batch)
+
+
+async def drain(pool: asyncpg.Pool, batch: int = 20_000) -> int:
+    """Apply everything committed so far (tests and the benchmark call it before recounting)."""
+    total = 0
+    while True:
+        applied = await apply_once(pool, batch)
+        total += applied
+        if applied < batch:
+            return total
+
+
+class RollupWorker:
+    """Runs :func:`drain` every ``interval_s`` until stopped; errors are logged and retried."""
+
+    def __init__(self, pool: asyncpg.Pool, *, interval_s: float, batch: int):
+        self._pool = pool
+        self._interval_s = interval_s
+        self._batch = batch
+
+    async def run(self, stop: asyncio.Event) -> None:
+        failing = False
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                applied = await drain(self._pool, self._batch)
+            except UNAVAILABLE_ERRORS as exc:
+                if not failing:
+                    log.warning("rollup worker cannot reach PostgreSQL; retrying", error=str(exc))
+                failing = True
+            except asyncpg.PostgresError as exc:
+                log.error("rollup round failed; its deltas stay queued", error=str(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("rollup worker recovered")
+                failing = False
+                if applied:
+                    metrics.ROLLUP_APPLIED.inc(applied)
+                    metrics.ROLLUP_SECONDS.observe(time.perf_counter() - started)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
+            except TimeoutError:
+                pass
+
+
+async def settle(pool: asyncpg.Pool, batch: int = 20_000, timeout_s: float = 60.0) -> None:
+    """Drain, then wait until no queued delta is left, including rows another worker is applying:
+    after it, the rollups reflect every result committed before the call (tests, benchmark)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            await drain(pool, batch)
+            async with pool.acquire() as conn:
+                if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM query_rollup_queue)"):
+                    return
+            await asyncio.sleep(0.01)  # another pod's round holds the rest; it commits shortly
