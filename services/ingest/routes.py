@@ -107,11 +107,17 @@ async def _read(request: web.Request, type_: type[T]) -> T:
     if ctype not in ("application/json", "") and not ctype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype!r}")
     body = await _read_limited(request, request.app[INGEST_CONFIG].max_body_bytes)
-    value = decode_json(body, type_)
+    try:
+        value = decode_json(body, type_)
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "request body is nested too deeply") from None
     # PostgreSQL text and jsonb cannot hold NUL characters; refuse them here with the field's path
     # instead of failing in the database. The byte scan is cheap and almost never matches.
     if b"\\u0000" in body:
-        field = _find_nul(msgspec.json.decode(body))
+        try:
+            field = _find_nul(msgspec.json.decode(body))
+        except RecursionError:
+            field = "(deeply nested value)"
         if field is not None:
             raise ApiError(422, "invalid_field", f"NUL characters (\\u0000) are not allowed at `{field}`",
                            field=field)
@@ -127,7 +133,7 @@ async def _transaction(request: web.Request) -> AsyncIterator[asyncpg.Connection
         async with pool.acquire() as conn:
             async with conn.transaction():
                 yield conn
-    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError) as exc:
         # Input that passed validation but that PostgreSQL refuses: the client's to fix, not a 500.
         raise ApiError(422, "invalid_value", f"a value was refused by the database: {exc}") from None
 
@@ -171,7 +177,8 @@ async def finish_execution(request: web.Request) -> web.Response:
         req = await _read(request, ExecutionFinish)
     started = time.perf_counter()
     async with _transaction(request) as conn:
-        execution, _changed = await writer.finish_execution(conn, execution_id, req, _authorizer(principal))
+        execution, _changed = await writer.finish_execution(conn, execution_id, req, request.app[INGEST_CONFIG],
+                                                            _authorizer(principal))
     metrics.WRITE_LATENCY.labels("finish").observe(time.perf_counter() - started)
     return _respond(execution)
 
@@ -226,7 +233,7 @@ async def import_junit(request: web.Request) -> web.Response:
             return _respond(JunitImported(execution=execution, accepted=0, duplicates=len(report.results),
                                           created=False))
         accepted = await writer.add_results(conn, execution_id, report.results, config, _authorizer(principal))
-        execution, _ = await writer.finish_execution(conn, execution_id, ExecutionFinish(finished_at=end),
+        execution, _ = await writer.finish_execution(conn, execution_id, ExecutionFinish(finished_at=end), config,
                                                      _authorizer(principal), now=now)
     metrics.WRITE_LATENCY.labels("junit").observe(time.perf_counter() - started)
     return _respond(JunitImported(execution=execution, accepted=accepted.accepted,

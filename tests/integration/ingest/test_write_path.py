@@ -279,3 +279,15 @@ async def test_special_characters_are_stored_exactly(ingest, auth, pg):
     assert rows[nasty]["suite"] == "\\"
     assert msgspec.json.decode(rows[nasty]["attributes"]) == batch[0]["attributes"]
     assert rows["\\N"]["name"] == "\\N" and rows["\\N"]["suite"] is None and rows["\\N"]["id"] is not None
+
+
+async def test_deeply_nested_attributes_are_refused_not_a_500(ingest, auth):
+    client = await ingest(config=_no_relay())
+    h = auth()
+    ex = await start(client, h)
+    url = f"/v1/executions/{ex['id']}/results"
+    for depth in (900, 20_000):
+        body = (b'{"results": [{"test_id": "t", "name": "n", "status": "passed", "attributes": {"a": '
+                + b"[" * depth + b"]" * depth + b"}}]}")
+        resp = await client.post(url, data=body, headers={**h, "Content-Type": "application/json"})
+        assert resp.status in (200, 400, 422), await resp.text()
