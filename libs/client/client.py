@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import uuid
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,7 @@ T = TypeVar("T")
 # Statuses worth retrying: the server (or a proxy in front of it) is briefly unable to answer.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _encoder = msgspec.json.Encoder()
+_STREAM_BYTES = 256 * 1024
 
 
 class AtasError(Exception):
@@ -164,7 +166,10 @@ class AsyncClient:
         attempt = 0
         while True:
             try:
-                async with session.request(method, self.url + path, data=body, params=params,
+                # Large bodies go as a stream (aiohttp warns that raw bytes block the loop); a new
+                # one per attempt, since a retry sends it again from the start.
+                data_ = io.BytesIO(body) if body is not None and len(body) > _STREAM_BYTES else body
+                async with session.request(method, self.url + path, data=data_, params=params,
                                            headers=headers) as resp:
                     payload = await resp.read()
                     if resp.status < 400:

@@ -83,3 +83,17 @@ def test_the_blocking_client_runs_without_an_event_loop():
     with Client(f"http://127.0.0.1:{free_port()}", "t", retries=0) as atas:
         with pytest.raises(AtasError):
             atas.start_execution("demo", "n")
+
+
+@pytest.mark.pg
+async def test_a_report_over_the_body_limit_is_a_413_not_a_connection_error(ingest, token):
+    import msgspec
+
+    from .conftest import FAST
+
+    app_client = await ingest(config=msgspec.structs.replace(FAST, max_body_bytes=1024 * 1024))
+    url = str(app_client.make_url("/")).rstrip("/")
+    async with AsyncClient(url, token(scopes=["ingest:write"]), retries=1, backoff_s=0.01) as atas:
+        with pytest.raises(AtasError) as info:
+            await atas.import_junit("demo", b"<testsuites>" + b" " * (20 * 1024 * 1024) + b"</testsuites>")
+    assert info.value.status == 413 and info.value.details == {"max_bytes": 1024 * 1024}
