@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from atas.common.app import SETTINGS, add_openapi
+from atas.common.app import SETTINGS, add_openapi, add_readiness_check
 from atas.common.config import Settings
 from atas.common.engines import ENGINES
 from atas.common.logging import get_logger
@@ -23,6 +23,8 @@ from .routes import INGEST_CONFIG, add_routes
 
 log = get_logger(__name__)
 
+# The newest migration this code needs (V011: results.id default used by the COPY fast path).
+REQUIRED_SCHEMA_VERSION = 11
 # Months of result partitions kept ready behind and ahead of now (see V001).
 PARTITIONS_BACK, PARTITIONS_AHEAD = 1, 3
 _PARTITION_RETRY_S = 60.0
@@ -33,6 +35,7 @@ class IngestState:
     """Mutable per-app state (the app itself is frozen once it starts)."""
 
     relay: OutboxRelay | None = None
+    schema_ok: bool = False
 
 
 INGEST_STATE = web.AppKey("atas_ingest_state", IngestState)
@@ -68,6 +71,22 @@ def setup(app: web.Application, config: IngestConfig | None = None) -> None:
     state = app[INGEST_STATE] = IngestState()
     add_routes(app)
     add_openapi(app, openapi.fragment(config))
+
+    async def schema_ready() -> None:
+        """Not ready until the migrations this code writes against are applied (`atas migrate`)."""
+        if state.schema_ok:
+            return
+        pool = app[ENGINES].pool
+        if pool is None:
+            raise RuntimeError("database pool not open")
+        version = await pool.fetchval("SELECT max(version) FROM atas_schema_history WHERE version < 20")
+        if (version or 0) < REQUIRED_SCHEMA_VERSION:
+            raise RuntimeError(f"database schema is at V{version or 0:03d}, ingest needs "
+                               f"V{REQUIRED_SCHEMA_VERSION:03d}: run `atas migrate`")
+        state.schema_ok = True
+
+    if app[SETTINGS].db is not None:
+        add_readiness_check(app, "ingest_schema", schema_ready)
 
     async def background(app_: web.Application):
         settings: Settings = app_[SETTINGS]
