@@ -5,7 +5,9 @@ Every ingest process runs one. A round claims up to ``relay_batch`` rows with
 publishes them in one producer batch (key = execution id), and deletes them in the same
 transaction once the bus acknowledged them (Kafka: idempotent producer, acks=all). If the process
 dies between publish and commit the rows unlock and are published again: delivery is at least once,
-and a duplicate carries the same event id, which consumers deduplicate on.
+and a duplicate carries the same event id, which consumers deduplicate on. One relay publishes in
+outbox order, so an execution's events keep their order on its partition; with several relays a
+later batch may overtake an earlier one, which is what the per-execution ``seq`` is for.
 
 The relay sleeps until PostgreSQL NOTIFYs ``atas_outbox`` (a trigger fires on every outbox insert)
 or the polling interval passes, whichever comes first. While Kafka (or PostgreSQL) fails, it backs
