@@ -463,12 +463,31 @@ async def explain(dsn: str, range_days: int, path: Path) -> None:
                f"the benchmark dataset (PostgreSQL {version}; {results:,} results in {executions:,} executions). "
                f"Each plan is the statement the query service runs, under `EXPLAIN (ANALYZE, BUFFERS)`, "
                f"after one warm-up run.\n"]
+        notes = {
+            "Overview, execution": "Reads executions only (exact counters), never results. A third of the table "
+                                   "is in range here, so a sequential scan beats the (project, started_at) index; "
+                                   "on longer histories the index range scan is chosen.",
+            "Overview, top": "Reads the per-environment rollup: days x environments x tests rows, whatever "
+                             "the number of results.",
+            "Trends": "Same executions read as the overview, grouped by bucket; generate_series fills empty "
+                      "buckets.",
+            "Failing": "The rollup again; the cost is the same at 2 or 20 million results.",
+            "Slowest": "A branch filter reads the per-branch rollup by its primary key (branch leads).",
+            "Flaky": "Retry passes from the rollup; same-commit flips read only the results of re-run "
+                     "(commit, environment) pairs, by primary key per execution (the lateral probes): the "
+                     "cost follows re-runs, not results. The heaviest read; cached CACHE_TTL_TESTS.",
+            "Recent": "Keyset: an index range scan that starts at the cursor, as cheap at page 1000 as at page 1.",
+            "History": "Index on (project, test_id, execution_started_at) per partition, newest partition "
+                       "first; the older partitions are never executed once the page is full.",
+        }
         for title, call in cases:
             await call()  # warm: plans cached, pages in shared buffers, as on a busy server
             pool.plans.clear()
             await call()
+            note = next((v for k, v in notes.items() if title.startswith(k)), "")
             for sql, plan in pool.plans:
-                out.append(f"## {title}\n\n```sql\n{textwrap.dedent(sql).strip()}\n```\n\n```\n{plan}\n```\n")
+                out.append(f"## {title}\n\n{note}\n\n```sql\n{textwrap.dedent(sql).strip()}\n```\n\n"
+                           f"```\n{plan}\n```\n")
     finally:
         await conn.close()
     path.write_text("\n".join(out))
@@ -518,6 +537,14 @@ async def main_async(args) -> dict:
             await explain(dsn, args.range_days, args.explain)
             say(f"query plans written to {args.explain}")
 
+        redis_stack = None
+        if not args.shared_redis:
+            # A Redis of its own: test suites flush the shared one (FLUSHALL) at every Redis test,
+            # which would turn measured hits into misses.
+            from atas.common.stack import Stack
+
+            redis_stack = Stack(Path(tempfile.mkdtemp(prefix="atas-bench-query-redis-")))
+            env = {**env, **{k: v for k, v in redis_stack.up(["redis"]).items() if k.startswith("REDIS_")}}
         pod_env = {**env, "DB_URL": dsn, "LOG_LEVEL": "warning", "REDIS_POOL_MAX_ACTIVE": "32",
                    "REDIS_POOL_MAX_IDLE": "32", "CACHE_TTL_OVERVIEW": "600", "CACHE_TTL_TRENDS": "600"}
         logs = Path(tempfile.mkdtemp(prefix="atas-bench-query-logs-"))
@@ -531,6 +558,8 @@ async def main_async(args) -> dict:
         finally:
             for pod in pods:
                 pod.stop()
+            if redis_stack is not None:
+                redis_stack.down(purge=True)
         return {**result, **info}
     finally:
         if stack is not None:
@@ -550,6 +579,8 @@ def main() -> int:
     parser.add_argument("--cold-samples", type=int, default=15, help="requests per cold measurement")
     parser.add_argument("--rps-seconds", type=float, default=3.0, help="duration of the throughput run")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--shared-redis", action="store_true",
+                        help="measure against the stack's Redis instead of a private redis-server")
     parser.add_argument("--reuse", action="store_true", help="keep the dataset of a previous run when present")
     parser.add_argument("--explain", type=Path, default=None, metavar="PATH",
                         help="also write EXPLAIN ANALYZE of the heavy reads to PATH (markdown)")

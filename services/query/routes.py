@@ -358,7 +358,7 @@ def execution_view(r) -> s.Execution:
 def _next_link(request: web.Request, cursor: str | None) -> dict[str, str]:
     if cursor is None:
         return {}
-    query = dict(request.query)
+    query = request.query.copy()  # keeps repeated parameters (status=failed&status=error)
     query["cursor"] = cursor
     url = request.rel_url.with_query(query)
     return {"Link": f'<{url}>; rel="next"'}
