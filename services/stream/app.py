@@ -53,6 +53,7 @@ async def _lifecycle(app: web.Application):
         state.history = MemoryHistory(max_len=cfg.history_max_len, publish=state.hub.deliver)
         state.fanout = MemoryFanout(state.hub)
     state.hub.fanout = state.fanout
+    state.ticker = asyncio.create_task(state.hub.tick(cfg.heartbeat_s), name="stream-ticker")
     await state.fanout.start()
     if cfg.bridge_enabled:
         state.bridge = Bridge(engines.bus, state.history, state.hub, group=cfg.bridge_group,
@@ -63,10 +64,11 @@ async def _lifecycle(app: web.Application):
     try:
         yield
     finally:
-        if state.closer is not None:
-            state.closer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await state.closer
+        for task in (state.closer, state.ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if state.bridge is not None:
             await state.bridge.stop()
         await state.fanout.stop()

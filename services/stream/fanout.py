@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from atas.common.config import RedisSettings
@@ -28,6 +30,9 @@ from .sse import END_SLOW
 
 log = get_logger(__name__)
 
+_SENT_LIVE = metrics.EVENTS_SENT.labels("live")
+_SENT_DIRECT = [0]
+
 
 class Client:
     """One SSE stream's state: filters, bounded queue, resume cursor.
@@ -37,8 +42,9 @@ class Client:
     hole (just connected, or Pub/Sub was lost) and the writer must catch up from history first.
     """
 
-    __slots__ = ("project", "execution", "types", "queue", "wake", "limit", "cursor", "filtered",
-                 "needs_sync", "ended", "unpositioned", "_unpos_order")
+    __slots__ = ("project", "execution", "types", "queue", "waiter", "limit", "cursor", "filtered",
+                 "needs_sync", "syncing", "ended", "unpositioned", "_unpos_order", "last_write", "expires_at",
+                 "sink")
 
     def __init__(self, project: str, *, execution: str | None, types: frozenset[str] | None,
                  limit: int, cursor: Pos | None):
@@ -46,12 +52,21 @@ class Client:
         self.execution = execution
         self.types = types
         self.queue: deque[Event] = deque()
-        self.wake = asyncio.Event()
+        # The writer parks on this future; events, the end and the hub's ticker resolve it. (A bare
+        # future instead of asyncio.Event + wait_for: no task and no timer per wait, which is what
+        # makes thousands of clients per process affordable.)
+        self.waiter: asyncio.Future | None = None
+        self.last_write = time.monotonic()
+        self.expires_at: float | None = None  # epoch seconds (the token's exp)
         self.limit = limit
         self.cursor = cursor
         self.filtered: Pos = ZERO
         self.needs_sync = True
+        self.syncing = False
         self.ended: str | None = None
+        # Set by the writer once streaming: writes an in-order event straight to the socket from the
+        # fan-out loop (True) or declines (False: it is queued for the writer task instead).
+        self.sink: Callable[[Event], bool] | None = None
         # Event ids delivered without a position (Redis down): when the same events come back from
         # history, only their position is sent, not the event again.
         self.unpositioned: set[str] = set()
@@ -68,17 +83,25 @@ class Client:
             if event.pos is not None and event.pos > self.filtered:
                 self.filtered = event.pos
             return
+        if not self.queue and self.sink is not None and self.sink(event):
+            _SENT_DIRECT[0] += 1
+            return
         if len(self.queue) >= self.limit:
             self.end(END_SLOW)
             return
         self.queue.append(event)
-        self.wake.set()
+        self.wake()
 
     def end(self, reason: str) -> None:
         if self.ended is None:
             self.ended = reason
             self.queue.clear()
-            self.wake.set()
+            self.wake()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def remember_unpositioned(self, event_id: str) -> None:
         self.unpositioned.add(event_id)
@@ -104,10 +127,45 @@ class Hub:
         self.count = 0
         self.draining = False
         self.fanout: Fanout | None = None
+        # Per project, a position after which every event is known to reach this hub live (the
+        # newest one delivered, or the history's tail read while subscribed). A client at that
+        # position needs no history read at all: a connect storm costs Redis nothing.
+        self.tails: dict[str, Pos] = {}
+        self.epoch = 0  # bumped when live delivery may have had a hole (Pub/Sub lost)
+        self._inflight: dict[tuple, asyncio.Future] = {}
 
     def deliver(self, project: str, event: Event) -> None:
-        for client in self.clients.get(project, ()):
+        if event.pos is not None and project in self.tails and event.pos > self.tails[project]:
+            self.tails[project] = event.pos
+        group = self.clients.get(project)
+        if not group:
+            return
+        for client in group:
             client.offer(event)
+        if _SENT_DIRECT[0]:  # counted in a plain int per client, published once per event
+            _SENT_LIVE.inc(_SENT_DIRECT[0])
+            _SENT_DIRECT[0] = 0
+        # One sample per event and process: when the last direct write of it was done.
+        metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - event.occurred_ts))
+
+    def learn_tail(self, project: str, pos: Pos, epoch: int, was_active: bool) -> None:
+        """Record a tail read made while subscribed, unless live delivery was interrupted since."""
+        if was_active and epoch == self.epoch and self.fanout is not None and self.fanout.active(project):
+            self.tails[project] = max(pos, self.tails.get(project, pos))
+
+    def forget(self, project: str) -> None:
+        """No longer subscribed: events after the known tail would not arrive live."""
+        self.tails.pop(project, None)
+
+    async def single_flight(self, key: tuple, make):
+        """Share one in-flight history read among every client asking the same thing at once
+        (thousands reconnect together after a pod restart or a Pub/Sub outage)."""
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(make())
+            self._inflight[key] = fut
+            fut.add_done_callback(lambda _f: self._inflight.pop(key, None))
+        return await asyncio.shield(fut)
 
     def deliver_published(self, project: str, message: bytes) -> None:
         if project in self.clients:
@@ -133,13 +191,30 @@ class Hub:
 
     def on_active(self, project: str) -> None:
         for client in self.clients.get(project, ()):
-            client.wake.set()
+            client.wake()
 
     def on_lost(self) -> None:
         """Pub/Sub is gone: whatever is published meanwhile must be caught up from history."""
+        self.epoch += 1
+        self.tails.clear()
         for group in self.clients.values():
             for client in group:
                 client.needs_sync = True
+
+    async def tick(self, heartbeat_s: float) -> None:
+        """Wake writers that owe a heartbeat, whose token expired, or that wait to catch up.
+
+        One loop for every client instead of a timer per client and wait.
+        """
+        interval = min(1.0, heartbeat_s / 2)
+        while True:
+            await asyncio.sleep(interval)
+            now, wall = time.monotonic(), time.time()
+            for group in self.clients.values():
+                for c in group:
+                    if c.waiter is not None and (now - c.last_write >= heartbeat_s or c.needs_sync
+                                                 or (c.expires_at is not None and wall >= c.expires_at)):
+                        c.wake()
 
     def all_clients(self) -> list[Client]:
         return [c for group in self.clients.values() for c in group]
@@ -300,6 +375,7 @@ class RedisFanout:
         if project in self._refs:
             return
         self._active.discard(project)
+        self._hub.forget(project)
         if project in self._subscribed and self._writer is not None:
             self._subscribed.discard(project)
             self._send(encode_command("UNSUBSCRIBE", self._channel(project)))

@@ -27,11 +27,17 @@ from atas.common.logging import get_logger
 
 from . import metrics
 from .fanout import Client
-from .history import Pos, parse_pos
+from .history import Event, Pos, parse_pos
 from .sse import END_SHUTDOWN, END_SLOW, END_TOKEN, HEARTBEAT, end_frame, id_frame, reset_frame, retry_frame
 from .state import STREAM, StreamState
 
 log = get_logger(__name__)
+
+_SENT_LIVE = metrics.EVENTS_SENT.labels("live")  # bound once: labels() per write costs at scale
+
+# Below this many buffered bytes a write cannot block (asyncio pauses writing at 64 KiB), so it
+# needs no timeout; skipping the timer per write matters at thousands of clients.
+_FAST_WRITE_BYTES = 32 * 1024
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -97,10 +103,11 @@ class Session:
         self.request = request
         self.client = client
         self.resumed = resumed
-        self.expires_at = expires_at
         self.sent: Pos | None = client.cursor if resumed else None  # the client's lastEventId
         self.resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
-        self.last_write = time.monotonic()
+        self.chunked = False
+        self.transport: asyncio.Transport | None = None
+        client.expires_at = expires_at
 
     async def run(self) -> web.StreamResponse:
         state, client = self.state, self.client
@@ -114,38 +121,43 @@ class Session:
             await fanout.watch(client.project)
             if not self.resumed and fanout.active(client.project):
                 try:
-                    client.cursor = await state.history.tail(client.project)
+                    client.cursor = await self._tail()
                 except Exception as exc:  # noqa: BLE001 - Redis down: the client gets a reset later
                     log.warning("history unavailable at connect", error=f"{type(exc).__name__}: {exc}")
+            if self.request.version >= (1, 1):
+                # Explicit, so that `chunked` is known: _write_now frames chunks itself.
+                self.resp.enable_chunked_encoding()
             await self.resp.prepare(self.request)
-            await self._write(retry_frame(self.cfg.retry_ms) + b"\n")
+            await self._write(retry_frame(self.cfg.retry_ms) + b"\n")  # also flushes the headers
+            self.chunked = self.resp.chunked
+            self.transport = self.request.transport
+            client.sink = self._write_now
             reason = await self._loop()
         except ConnectionError:  # the client went away (aiohttp raises several flavours)
             reason = "client"
         except TimeoutError:
             reason = END_SLOW  # a write did not complete within write_timeout_s
         finally:
+            client.sink = None
             state.hub.remove(client)
             metrics.DISCONNECTS.labels(reason).inc()
         return self.resp
 
     async def _loop(self) -> str:
         client, fanout, cfg = self.client, self.state.fanout, self.cfg
+        loop = asyncio.get_running_loop()
         while True:
-            client.wake.clear()
             if client.ended is not None:
                 return await self._finish(client.ended)
-            if self.expires_at is not None and time.time() >= self.expires_at:
+            if client.expires_at is not None and time.time() >= client.expires_at:
                 client.end(END_TOKEN)
                 continue
             if client.needs_sync and fanout.active(client.project):
                 await self._sync()
-            frames, oldest = self._drain()
-            now = time.monotonic()
+            frames = self._drain()
             if frames:
                 await self._write(b"".join(frames))
-                metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - oldest))
-            elif now - self.last_write >= cfg.heartbeat_s:
+            elif time.monotonic() - client.last_write >= cfg.heartbeat_s:
                 head = b""
                 if client.cursor is not None and client.cursor != self.sent and not client.needs_sync:
                     head = id_frame(client.cursor)  # moves a filtered client's resume point along
@@ -153,23 +165,42 @@ class Session:
                 await self._write(head + HEARTBEAT)
             if client.queue or client.ended is not None:
                 continue
-            timeout = cfg.heartbeat_s - (time.monotonic() - self.last_write)
-            if self.expires_at is not None:
-                timeout = min(timeout, self.expires_at - time.time())
-            if client.needs_sync:
-                timeout = min(timeout, 1.0)  # retry the catch-up when Redis answers again
-            if timeout > 0:
-                try:
-                    await asyncio.wait_for(client.wake.wait(), timeout)
-                except TimeoutError:
-                    pass
+            # Park until an event, the end, or the hub's ticker (heartbeat due, token expiry, retry
+            # of a catch-up) wakes us.
+            client.waiter = loop.create_future()
+            try:
+                await client.waiter
+            finally:
+                client.waiter = None
 
-    def _drain(self) -> tuple[list[bytes], float]:
+    def _write_now(self, event: Event) -> bool:
+        """Write a live event from the fan-out loop itself, when that keeps order and cannot block.
+
+        The common case — an idle, caught-up client with an empty socket buffer — then costs one
+        ``transport.write`` and no task switch, which is what lets one process serve thousands
+        of clients. Anything else (catching up, a backlog, a full buffer) goes through the queue.
+        """
+        client = self.client
+        cursor = client.cursor
+        if client.needs_sync or client.syncing or cursor is None or event.pos is None:
+            return False
+        if event.pos <= cursor:
+            return True  # already sent (replayed)
+        transport = self.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size() > _FAST_WRITE_BYTES:
+            return False
+        data = id_frame(event.pos) if event.event_id in client.unpositioned else event.frame
+        # The headers went out with the first write; from here on the body is ours to frame.
+        transport.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+        client.cursor = self.sent = event.pos
+        client.last_write = time.monotonic()
+        return True
+
+    def _drain(self) -> list[bytes]:
         """Frames for what the fan-out queued, deduplicated against the cursor."""
         client = self.client
         queue = client.queue
         frames: list[bytes] = []
-        oldest = time.time()
         cursor = client.cursor
         held = []
         while queue:
@@ -178,7 +209,6 @@ class Session:
                 if event.event_id not in client.unpositioned:
                     client.remember_unpositioned(event.event_id)
                     frames.append(event.frame)
-                    oldest = min(oldest, event.occurred_ts)
                 continue
             if client.needs_sync:
                 held.append(event)  # there may be a hole before it: catch up first
@@ -190,24 +220,32 @@ class Session:
                 frames.append(id_frame(event.pos))
             else:
                 frames.append(event.frame)
-                oldest = min(oldest, event.occurred_ts)
             self.sent = cursor
         if held:
             queue.extend(held)
-        elif cursor is not None and client.filtered > cursor:
-            cursor = client.filtered
+        elif cursor is not None and not client.needs_sync and client.filtered > cursor:
+            cursor = client.filtered  # filtered-out events are "had" too: the resume point moves on
         client.cursor = cursor
-        metrics.EVENTS_SENT.labels("live").inc(len(frames))
-        return frames, oldest
+        if frames:
+            _SENT_LIVE.inc(len(frames))
+        return frames
 
     async def _sync(self) -> None:
         """Catch up from history after ``client.cursor``; reset when that is no longer possible."""
-        client, history = self.client, self.state.history
+        client = self.client
         client.needs_sync = False
+        client.syncing = True
+        try:
+            await self._catch_up()
+        finally:
+            client.syncing = False
+
+    async def _catch_up(self) -> None:
+        client, history = self.client, self.state.history
         counted = self.resumed or self.sent is not None
         if client.cursor is None:
             try:
-                tail = await history.tail(client.project)
+                tail = await self._tail()
             except Exception:  # noqa: BLE001
                 client.needs_sync = True
                 return
@@ -216,9 +254,20 @@ class Session:
             await self._reset(tail, "unknown_position")
             return
         cursor = client.cursor
+        hub = self.state.hub
+        if hub.tails.get(client.project) == cursor:
+            # Live delivery covers everything after the cursor: nothing to read.
+            if counted:
+                metrics.RESUMES.labels("replayed").inc()
+            if cursor != self.sent:
+                self.sent = cursor
+                await self._write(id_frame(cursor))
+            return
         while True:
             try:
-                page = await history.read_after(client.project, cursor, self.cfg.replay_page)
+                page = await hub.single_flight(
+                    ("after", client.project, cursor, self.cfg.replay_page),
+                    lambda c=cursor: history.read_after(client.project, c, self.cfg.replay_page))
             except Exception as exc:  # noqa: BLE001 - Redis down again: retry on the next turn
                 log.warning("history read failed; will retry", error=f"{type(exc).__name__}: {exc}")
                 client.cursor = cursor
@@ -249,6 +298,17 @@ class Session:
             self.sent = client.cursor
             await self._write(id_frame(client.cursor))
 
+    async def _tail(self) -> Pos:
+        """The project's newest position: known from live delivery, else one shared Redis read."""
+        hub, project = self.state.hub, self.client.project
+        known = hub.tails.get(project)
+        if known is not None:
+            return known
+        epoch, was_active = hub.epoch, self.state.fanout.active(project)
+        tail = await hub.single_flight(("tail", project), lambda: self.state.history.tail(project))
+        hub.learn_tail(project, tail, epoch, was_active)
+        return tail
+
     async def _reset(self, pos: Pos, reason: str) -> None:
         self.client.cursor = pos
         self.sent = pos
@@ -256,9 +316,14 @@ class Session:
         await self._write(reset_frame(pos, reason))
 
     async def _write(self, data: bytes) -> None:
-        async with asyncio.timeout(self.cfg.write_timeout_s):
-            await self.resp.write(data)
-        self.last_write = time.monotonic()
+        transport = self.request.transport
+        if transport is not None and transport.get_write_buffer_size() + len(data) < _FAST_WRITE_BYTES:
+            await self.resp.write(data)  # stays under the transport's high-water mark: never waits
+        else:
+            # May wait for the client to read: bounded, a stalled client is cut off.
+            async with asyncio.timeout(self.cfg.write_timeout_s):
+                await self.resp.write(data)
+        self.client.last_write = time.monotonic()
 
     async def _finish(self, reason: str) -> str:
         """Write the final event (bounded: the client may not be reading) and close."""

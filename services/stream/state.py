@@ -21,6 +21,7 @@ class StreamState:
     fanout: Fanout | None = None
     bridge: Bridge | None = None
     closer: asyncio.Task | None = None  # spreads stream closes over the drain window
+    ticker: asyncio.Task | None = None  # heartbeats, token expiry, catch-up retries
 
 
 STREAM = web.AppKey("atas_stream", StreamState)

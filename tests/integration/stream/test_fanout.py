@@ -100,11 +100,12 @@ async def test_resume_gets_exactly_the_missed_events_in_order(two_pods, sse, pub
     last_id = first.parser.last_id
     assert last_id == got[-1].id
     await first.close()
+    # the history has the missed events once the other pod's clients see them
+    watcher = await sse(f"{b.url}/v1/stream?project=demo", auth)
+    await watcher.read_until(lambda c: c.parser.last_id is not None)
     exe = str(uuid.uuid4())
     missed = [envelope("demo", execution=exe, seq=i) for i in range(20)]
     await publish(missed)
-    # the history has them once the other pod's clients see them
-    watcher = await sse(f"{b.url}/v1/stream?project=demo", auth)
     await watcher.read_events(20)
     resumed = await sse(f"{b.url}/v1/stream?project=demo", {**auth, "Last-Event-ID": last_id})
     got = await resumed.read_events(20)

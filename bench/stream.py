@@ -1,0 +1,505 @@
+"""Benchmark of the stream service: N live SSE clients on one process, events ingested at a steady rate.
+
+    scripts/bench stream                      # 2,000 clients, 20 events/s for 20 s
+    scripts/bench stream --clients 10000      # 10,000 clients held by one process
+    scripts/bench stream --rate 50 --duration 30
+
+Starts one ``atas serve stream`` and one ``atas serve ingest`` (fresh database, Kafka topic and
+Redis prefix of its own), connects ``--clients`` SSE clients from ``--workers`` client processes
+(raw sockets, HTTP/1.0, so the clients cost little CPU), then creates executions through the
+ingest API at ``--rate`` per second: each is one ``execution.started`` event that travels
+ingest → PostgreSQL outbox → relay → Kafka → bridge → Redis Stream + PUBLISH → fan-out → every client.
+
+Reported (last stdout line, one JSON object):
+
+* ``e2e_p50_ms`` / ``e2e_p99_ms``: ingest request sent → event read by a client, every client;
+* ``fanout_p50_ms`` / ``fanout_p99_ms``: Redis PUBLISH → event read by a client. The publish instant
+  is when a raw subscriber in this process received the publication (the floor below, ~0.1 ms,
+  is the error of that proxy);
+* ``redis_pubsub_p99_ms``: the floor, raw Pub/Sub of timestamped messages to one subscriber in
+  this process, during the same run;
+* ``rss_mb`` of the stream process with all clients connected, ``kb_per_conn`` its growth per client;
+* ``delivered`` (events read / events × clients) and ``lost_clients`` (connections that dropped).
+
+Servers come from ``eval "$(atas stack env)"`` or a private stack in a temporary folder. Progress
+goes to stderr. The file-descriptor limit is raised to its hard limit (children inherit it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from array import array
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PROJECT = "bench"
+BUCKET_MS = 0.1  # histogram resolution of the latency percentiles
+
+
+def say(message: str) -> None:
+    print(f"[bench stream] {message}", file=sys.stderr, flush=True)
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# ------------------------------------------------------------------------------ client worker
+
+
+class _Head:
+    """Decoder of the two envelope fields the clients key latencies on."""
+
+    def __init__(self):
+        import msgspec
+
+        class Head(msgspec.Struct):
+            execution_id: str
+            type: str
+
+        self.decode = msgspec.json.Decoder(Head).decode
+
+
+class SseConn(asyncio.Protocol):
+    """One raw SSE client: HTTP/1.0 request (no chunked framing), records receive time per event."""
+
+    def __init__(self, request: bytes, worker: "Worker"):
+        self.request = request
+        self.worker = worker
+        self.buf = b""
+        self.headers_done = False
+        self.connected = asyncio.get_running_loop().create_future()
+        self.closed = False
+
+    def connection_made(self, transport):
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        self.buf += data
+        if not self.headers_done:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = self.buf[:self.buf.find(b"\r\n")]
+            self.buf = self.buf[end + 4:]
+            self.headers_done = True
+            if b" 200 " not in status:
+                self.worker.errors.append(status.decode(errors="replace"))
+        while True:
+            end = self.buf.find(b"\n\n")
+            if end < 0:
+                return
+            block, self.buf = self.buf[:end], self.buf[end + 2:]
+            if not self.connected.done():
+                self.connected.set_result(True)
+            i = block.find(b"data: ")
+            if i >= 0:
+                head = self.worker.head.decode(block[i + 6:])
+                self.worker.record(head.execution_id, now)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if not self.connected.done():
+            self.connected.set_result(False)
+        self.worker.lost += 1
+
+
+class Worker:
+    def __init__(self, host: str, port: int, clients: int, token: str):
+        self.host, self.port, self.clients, self.token = host, port, clients, token
+        self.head = _Head()
+        self.received: dict[str, array] = {}
+        self.errors: list[str] = []
+        self.lost = 0
+        self.transports = []
+
+    def record(self, key: str, t: float) -> None:
+        times = self.received.get(key)
+        if times is None:
+            times = self.received[key] = array("d")
+        times.append(t)
+
+    async def connect(self) -> int:
+        loop = asyncio.get_running_loop()
+        request = (f"GET /v1/stream?project={PROJECT}&types=execution.started HTTP/1.0\r\n"
+                   f"Host: {self.host}\r\nAuthorization: Bearer {self.token}\r\n"
+                   f"Accept: text/event-stream\r\n\r\n").encode()
+        sem = asyncio.Semaphore(100)  # connect in waves: the server's accept backlog is finite
+
+        async def one():
+            async with sem:
+                transport, proto = await loop.create_connection(lambda: SseConn(request, self), self.host, self.port)
+                self.transports.append(transport)
+                return await proto.connected
+
+        results = await asyncio.gather(*(one() for _ in range(self.clients)), return_exceptions=True)
+        ok = sum(1 for r in results if r is True)
+        for r in results:
+            if isinstance(r, BaseException):
+                self.errors.append(f"{type(r).__name__}: {r}")
+        return ok
+
+    def histograms(self, refs: dict[str, list[float]]) -> dict:
+        """Per reference kind (e2e, fanout): {bucket: count} of client receive − reference time."""
+        out: dict[str, dict[int, int]] = {"e2e": {}, "fanout": {}}
+        for key, times in self.received.items():
+            ref = refs.get(key)
+            if ref is None:
+                continue
+            for kind, base in zip(("e2e", "fanout"), ref):
+                if base is None:
+                    continue
+                hist = out[kind]
+                for t in times:
+                    b = int(max(0.0, (t - base) * 1000) / BUCKET_MS)
+                    hist[b] = hist.get(b, 0) + 1
+        return out
+
+
+async def worker_main(args) -> int:
+    raise_nofile()
+    worker = Worker(args.host, args.port, args.clients, args.token)
+    ok = await worker.connect()
+    print(json.dumps({"ready": ok, "errors": worker.errors[:5]}), flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = (await reader.readline()).decode().strip()
+        if not line:
+            return 1
+        cmd, _, arg = line.partition(" ")
+        if cmd == "count":
+            print(json.dumps({"received": sum(len(v) for v in worker.received.values()),
+                              "lost": worker.lost}), flush=True)
+        elif cmd == "refs":
+            refs = json.loads(Path(arg).read_text())
+            hist = worker.histograms(refs)
+            result = {"received": sum(len(v) for v in worker.received.values()), "lost": worker.lost,
+                      "e2e": hist["e2e"], "fanout": hist["fanout"], "errors": worker.errors[:5]}
+            Path(arg + f".{os.getpid()}").write_text(json.dumps(result))
+            print(json.dumps({"done": True}), flush=True)
+            for t in worker.transports:
+                t.close()
+            return 0
+
+
+# ------------------------------------------------------------------------------ coordinator
+
+
+def servers_env() -> tuple[dict[str, str], object | None]:
+    if os.environ.get("DB_URL") and os.environ.get("REDIS_HOST") and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return dict(os.environ), None
+    from atas.common.stack import Stack
+
+    stack = Stack(Path(tempfile.mkdtemp(prefix="atas-bench-stream-")))
+    say(f"no stack in the environment; starting a private one in {stack.dir}")
+    env = stack.up()
+    return {**os.environ, **env}, stack
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(hist: dict[int, int], q: float) -> float | None:
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for bucket in sorted(hist):
+        seen += hist[bucket]
+        if seen >= rank:
+            return round((bucket + 0.5) * BUCKET_MS, 2)
+    return None
+
+
+class Floor:
+    """Raw Redis Pub/Sub to one subscriber, in this process, while the benchmark runs."""
+
+    def __init__(self, redis_settings, channel: str):
+        self.settings = redis_settings
+        self.channel = channel
+        self.latencies: list[float] = []
+
+    async def run(self, stop: asyncio.Event, rate: float) -> None:
+        from atas.common.redis import create_redis
+
+        pub = create_redis(self.settings)
+        sub_client = create_redis(self.settings)
+        pubsub = sub_client.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            await pubsub.get_message(timeout=2)
+
+            async def receive():
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                    if msg:
+                        self.latencies.append((time.time() - float(msg["data"])) * 1000)
+
+            rx = asyncio.create_task(receive())
+            while not stop.is_set():
+                await pub.publish(self.channel, repr(time.time()))
+                try:
+                    await asyncio.wait_for(stop.wait(), 1 / rate)
+                except TimeoutError:
+                    pass
+            await asyncio.sleep(0.2)
+            rx.cancel()
+            await asyncio.gather(rx, return_exceptions=True)
+        finally:
+            await pubsub.aclose()
+            await sub_client.aclose()
+            await pub.aclose()
+
+
+class PublishWatch:
+    """A raw subscriber on the project's channel: when each event was published (execution id → t)."""
+
+    def __init__(self, redis_settings, channel: str):
+        self.settings = redis_settings
+        self.channel = channel
+        self.seen: dict[str, float] = {}
+        self.head = _Head()
+
+    async def run(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        from atas.common.redis import create_redis
+
+        client = create_redis(self.settings)
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            await pubsub.get_message(timeout=2)
+            ready.set()
+            while not stop.is_set():
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if msg:
+                    now = time.time()
+                    payload = msg["data"].partition(b"\n")[2]
+                    self.seen[self.head.decode(payload).execution_id] = now
+        finally:
+            await pubsub.aclose()
+            await client.aclose()
+
+
+async def bench(args) -> dict:
+    import aiohttp
+    import asyncpg
+
+    from atas.common.auth import mint_token
+    from atas.common.bus import KafkaBus
+    from atas.common.config import KafkaSettings, RedisSettings, parse_db_url
+    from atas.common.migrate import migrate_dsn
+    from tests.helpers import ServiceProcess
+
+    nofile = raise_nofile()
+    if nofile < args.clients + 1000:
+        say(f"warning: RLIMIT_NOFILE is {nofile}; {args.clients} clients may not fit")
+    env, stack = servers_env()
+    run_id = uuid.uuid4().hex[:8]
+    secret = env.get("JWT_SECRET") or "bench-secret-" + "x" * 32
+    base_dsn = parse_db_url(env["DB_URL"], env.get("DB_USER"), env.get("DB_PASSWORD"))
+    db_name = f"atas_bench_stream_{run_id}"
+    admin = await asyncpg.connect(base_dsn)
+    await admin.execute(f'CREATE DATABASE "{db_name}"')
+    await admin.close()
+    dsn = base_dsn.rsplit("/", 1)[0] + "/" + db_name
+    await migrate_dsn(dsn)
+    topic = f"atas.bench.stream.{run_id}"
+    kafka = KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], topic=topic)
+    await KafkaBus(kafka).ensure_topic(partitions=3)
+    prefix = f"atas:bench:{run_id}:"
+    proc_env = {**env, "DB_URL": dsn, "KAFKA_TOPIC": topic, "JWT_SECRET": secret, "LOG_LEVEL": "warning",
+                "STREAM_REDIS_PREFIX": prefix, "STREAM_BRIDGE_GROUP": f"bench-bridge-{run_id}",
+                "STREAM_MAX_CONNECTIONS": str(args.clients + 100), "INGEST_RELAY_POLL_SECONDS": "1"}
+    proc_env.pop("DB_USER", None)
+    proc_env.pop("DB_PASSWORD", None)
+    logs = Path(tempfile.mkdtemp(prefix="atas-bench-stream-logs-"))
+    stream = ServiceProcess(["serve", "stream"], proc_env, logs, "stream")
+    ingest = ServiceProcess(["serve", "ingest"], proc_env, logs, "ingest")
+    workers: list[subprocess.Popen] = []
+    token = mint_token(secret, subject="bench", scopes=["ingest:write", "stream:read"], projects=[PROJECT],
+                       ttl_seconds=3600)
+    redis_settings = RedisSettings(host=env["REDIS_HOST"], port=int(env.get("REDIS_PORT", "6379")),
+                                   password=env.get("REDIS_PASSWORD"))
+    try:
+        await asyncio.gather(asyncio.to_thread(stream.wait_healthy, 60), asyncio.to_thread(ingest.wait_healthy, 60))
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(60):
+                while "atas_stream_bridge_assigned 1.0" not in await (await http.get(stream.url + "/metrics")).text():
+                    await asyncio.sleep(0.2)
+            rss_before = rss_kb(stream.proc.pid)
+            say(f"stream pid {stream.proc.pid}: {rss_before / 1024:.1f} MB before clients; logs in {logs}")
+
+            per = [args.clients // args.workers + (1 if i < args.clients % args.workers else 0)
+                   for i in range(args.workers)]
+            started = time.perf_counter()
+            for n in per:
+                workers.append(subprocess.Popen(
+                    [sys.executable, __file__, "--worker", "--host", "127.0.0.1", "--port", str(stream.port),
+                     "--clients", str(n), "--token", token],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+            ready = 0
+            for w in workers:
+                line = await asyncio.to_thread(w.stdout.readline)
+                info = json.loads(line)
+                ready += info["ready"]
+                if info["errors"]:
+                    say(f"client errors: {info['errors']}")
+            say(f"{ready}/{args.clients} clients connected in {time.perf_counter() - started:.1f}s")
+            await asyncio.sleep(2)  # let the server settle (allocations of the first writes)
+            rss_after = rss_kb(stream.proc.pid)
+
+            stop = asyncio.Event()
+            watch = PublishWatch(redis_settings, f"{prefix}c:{PROJECT}")
+            watch_ready = asyncio.Event()
+            watch_task = asyncio.create_task(watch.run(watch_ready, stop))
+            await watch_ready.wait()
+            floor = Floor(redis_settings, f"{prefix}floor")
+            floor_task = asyncio.create_task(floor.run(stop, args.rate))
+
+            sent: dict[str, float] = {}
+            total = int(args.rate * args.duration)
+            say(f"ingesting {total} events at {args.rate}/s through the ingest API")
+            t0 = time.perf_counter()
+            cpu0 = cpu_s(stream.proc.pid)
+            load0 = os.getloadavg()[0]
+            headers = {"Authorization": f"Bearer {token}"}
+            pending = set()
+
+            async def create(exe: str) -> None:
+                async with http.post(f"{ingest.url}/v1/executions", headers=headers,
+                                     json={"id": exe, "project": PROJECT, "name": "bench"}) as r:
+                    if r.status not in (200, 201):
+                        say(f"ingest answered {r.status}: {await r.text()}")
+
+            for i in range(total):
+                due = t0 + i / args.rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                exe = str(uuid.uuid4())
+                sent[exe] = time.time()
+                task = asyncio.create_task(create(exe))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.gather(*pending)
+            stream_cpu_pct = round(100 * (cpu_s(stream.proc.pid) - cpu0) / (time.perf_counter() - t0), 1)
+            expected = total * ready
+            deadline = time.monotonic() + 30
+            while True:  # until every client has every event, or 30 s (then `delivered` < 1 says so)
+                counts = []
+                for w in workers:
+                    w.stdin.write("count\n")
+                    w.stdin.flush()
+                    counts.append(json.loads(await asyncio.to_thread(w.stdout.readline)))
+                got = sum(c["received"] for c in counts)
+                if got >= expected or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            say(f"clients read {got} of {expected} event copies")
+            rss_loaded = rss_kb(stream.proc.pid)
+            stop.set()
+            await asyncio.gather(watch_task, floor_task)
+
+            refs_path = logs / "refs.json"
+            refs_path.write_text(json.dumps({exe: [t, watch.seen.get(exe)] for exe, t in sent.items()}))
+            merged = {"e2e": {}, "fanout": {}}
+            received = lost = 0
+            for w in workers:
+                w.stdin.write(f"refs {refs_path}\n")
+                w.stdin.flush()
+                await asyncio.to_thread(w.stdout.readline)
+                result = json.loads(Path(f"{refs_path}.{w.pid}").read_text())
+                received += result["received"]
+                lost += result["lost"]
+                for kind in ("e2e", "fanout"):
+                    for b, c in result[kind].items():
+                        merged[kind][int(b)] = merged[kind].get(int(b), 0) + c
+            floor_sorted = sorted(floor.latencies)
+            return {
+                "clients": ready,
+                "events": total,
+                "rate_per_s": args.rate,
+                "e2e_p50_ms": percentile(merged["e2e"], 0.50),
+                "e2e_p99_ms": percentile(merged["e2e"], 0.99),
+                "fanout_p50_ms": percentile(merged["fanout"], 0.50),
+                "fanout_p99_ms": percentile(merged["fanout"], 0.99),
+                "redis_pubsub_p99_ms": round(floor_sorted[int(0.99 * (len(floor_sorted) - 1))], 2)
+                if floor_sorted else None,
+                "rss_mb": round(rss_loaded / 1024, 1),
+                "kb_per_conn": round((rss_after - rss_before) / max(ready, 1), 1),
+                "delivered": round(received / expected, 4) if expected else None,
+                "stream_cpu_pct": stream_cpu_pct,  # of one core, while ingesting
+                "host_cpus": os.cpu_count(),
+                "host_load_1m": round(max(load0, os.getloadavg()[0]), 2),
+                "lost_clients": lost,
+            }
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+            w.wait()
+            for f in (w.stdin, w.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        stream.stop()
+        ingest.stop()
+        admin = await asyncpg.connect(base_dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        await admin.close()
+        if stack is not None:
+            stack.down(purge=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=2000, help="SSE clients (default 2000, up to 10000)")
+    parser.add_argument("--rate", type=float, default=20.0, help="events ingested per second (default 20)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of ingest (default 20)")
+    parser.add_argument("--workers", type=int, default=2, help="client processes (default 2)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--host", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--token", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return asyncio.run(worker_main(args))
+    if not 1 <= args.clients <= 10_000:
+        parser.error("--clients must be between 1 and 10000")
+    result = asyncio.run(bench(args))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
