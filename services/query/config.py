@@ -41,9 +41,9 @@ class QueryConfig(msgspec.Struct, frozen=True):
     # Entries the in-process cache engine keeps at most (atas dev, no Redis); least recently used go.
     memory_cache_entries: int = 10_000
     # Rollup worker: how often it applies the deltas ingest queued (per-test dashboards lag ingest by
-    # about this much), and how many queue rows one transaction claims at most.
+    # about this much), and how many queue rows (about one per ingest batch) a round claims at most.
     rollup_interval_ms: int = 500
-    rollup_batch: int = 20_000
+    rollup_batch: int = 1000
     # Whether this process runs the Kafka consumer that invalidates status and recent-page entries.
     invalidation_enabled: bool = True
 
@@ -62,7 +62,7 @@ def load_query_config(env: Mapping[str, str] | None = None) -> QueryConfig:
         near_cache_ms=e.int("QUERY_NEAR_CACHE_MS", 1000, lo=0, hi=60_000),
         memory_cache_entries=e.int("QUERY_MEMORY_CACHE_ENTRIES", 10_000, lo=1),
         rollup_interval_ms=e.int("QUERY_ROLLUP_INTERVAL_MS", 500, lo=10, hi=600_000),
-        rollup_batch=e.int("QUERY_ROLLUP_BATCH", 20_000, lo=1, hi=1_000_000),
+        rollup_batch=e.int("QUERY_ROLLUP_BATCH", 1000, lo=1, hi=100_000),
         invalidation_enabled=(e.str("QUERY_INVALIDATION", "on") or "on").lower() not in ("off", "0", "false"),
     )
     if config.default_range_days > config.max_range_days:

@@ -1,6 +1,7 @@
 """The rollup worker: applies the deltas ingest's trigger queued to the per-test daily rollups.
 
-See ``V020__query_rollups.sql``. Each round claims up to ``batch`` committed queue rows with
+See ``V020__query_rollups.sql``. Each round claims up to ``batch`` committed queue rows (one per ingest statement and day,
+environment and branch, holding per-test deltas as arrays) with
 ``DELETE … FOR UPDATE SKIP LOCKED``, aggregates them by rollup key and upserts both rollups (keys
 in order, so two pods' workers wait for each other rather than deadlock), all in one transaction:
 a delta is applied exactly once or, if the round fails, stays queued. Rows of ingest transactions
@@ -49,35 +50,44 @@ def _upsert(table: str, key: str) -> str:
             last_failed_at = greatest(t.last_failed_at, excluded.last_failed_at)"""
 
 
-# Data-modifying CTEs run whether or not the final SELECT reads them; it reports the claimed rows.
+# Data-modifying CTEs run whether or not the final SELECT reads them; it reports the claimed queue
+# rows (one per ingest statement and day/environment/branch) and the per-test deltas they held.
 APPLY_SQL = f"""
     WITH claimed AS (
         DELETE FROM query_rollup_queue
         WHERE id IN (SELECT id FROM query_rollup_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
         RETURNING *
+    ), deltas AS (
+        SELECT c.project, c.day, c.environment, c.branch, u.*
+        FROM claimed c,
+             unnest(c.test_ids, c.names, c.suites, c.runs, c.passed, c.failed, c.skipped, c.errored,
+                    c.retry_passed, c.duration_sum, c.duration_count, c.duration_max, c.last_failed_at)
+             AS u(test_id, name, suite, runs, passed, failed, skipped, errored, retry_passed,
+                  duration_sum, duration_count, duration_max, last_failed_at)
     ), agg AS (
         SELECT project, day, environment, branch, test_id, max(name) AS name, max(suite) AS suite, {_SUMS}
-        FROM claimed GROUP BY project, day, environment, branch, test_id
+        FROM deltas GROUP BY project, day, environment, branch, test_id
     ), by_env AS ({_upsert("query_test_daily", "project, day, environment, test_id")}
     ), by_branch AS ({_upsert("query_test_daily_branch", "project, branch, day, environment, test_id")}
     )
-    SELECT count(*) FROM claimed"""
+    SELECT (SELECT count(*) FROM claimed) AS claimed, (SELECT count(*) FROM deltas) AS deltas"""
 
 
-async def apply_once(pool: asyncpg.Pool, batch: int = 20_000) -> int:
-    """One round: apply up to ``batch`` queued deltas; returns how many were applied."""
+async def apply_once(pool: asyncpg.Pool, batch: int = 1000) -> tuple[int, int]:
+    """One round: apply up to ``batch`` queue rows; returns (queue rows, per-test deltas) applied."""
     async with pool.acquire() as conn:
         async with conn.transaction():
-            return await conn.fetchval(APPLY_SQL, batch)
+            row = await conn.fetchrow(APPLY_SQL, batch)
+    return row["claimed"], row["deltas"]
 
 
-async def drain(pool: asyncpg.Pool, batch: int = 20_000) -> int:
-    """Apply everything committed so far (tests and the benchmark call it before recounting)."""
+async def drain(pool: asyncpg.Pool, batch: int = 1000) -> int:
+    """Apply everything committed so far; returns the number of per-test deltas applied."""
     total = 0
     while True:
-        applied = await apply_once(pool, batch)
-        total += applied
-        if applied < batch:
+        claimed, deltas = await apply_once(pool, batch)
+        total += deltas
+        if claimed < batch:
             return total
 
 
@@ -115,7 +125,7 @@ class RollupWorker:
                 pass
 
 
-async def settle(pool: asyncpg.Pool, batch: int = 20_000, timeout_s: float = 60.0) -> None:
+async def settle(pool: asyncpg.Pool, batch: int = 1000, timeout_s: float = 60.0) -> None:
     """Drain, then wait until no queued delta is left, including rows another worker is applying:
     after it, the rollups reflect every result committed before the call (tests, benchmark)."""
     async with asyncio.timeout(timeout_s):

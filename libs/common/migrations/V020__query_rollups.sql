@@ -56,55 +56,66 @@ CREATE TABLE query_test_daily_branch (
 -- with free space left on each page (fillfactor) they are HOT updates that touch no index at all.
 -- A range of a rollup is small enough (days x environments x tests) to read whole.
 
+-- One row per statement and (day, environment, branch): the per-test deltas are aligned arrays, so
+-- a 100-result batch appends one row, not a hundred.
 CREATE TABLE query_rollup_queue (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    project        text    NOT NULL,
-    day            date    NOT NULL,
-    environment    text    NOT NULL,
-    branch         text    NOT NULL,
-    test_id        text    NOT NULL,
-    name           text    NOT NULL,
-    suite          text,
-    runs           integer NOT NULL,  -- negative for deleted results
-    passed         integer NOT NULL,
-    failed         integer NOT NULL,
-    skipped        integer NOT NULL,
-    errored        integer NOT NULL,
-    retry_passed   integer NOT NULL,
-    duration_sum   bigint  NOT NULL,
-    duration_count integer NOT NULL,
-    duration_max   integer,
-    last_failed_at timestamptz
+    project        text          NOT NULL,
+    day            date          NOT NULL,
+    environment    text          NOT NULL,
+    branch         text          NOT NULL,
+    test_ids       text[]        NOT NULL,
+    names          text[]        NOT NULL,
+    suites         text[]        NOT NULL,
+    runs           integer[]     NOT NULL,  -- negative for deleted results
+    passed         integer[]     NOT NULL,
+    failed         integer[]     NOT NULL,
+    skipped        integer[]     NOT NULL,
+    errored        integer[]     NOT NULL,
+    retry_passed   integer[]     NOT NULL,
+    duration_sum   bigint[]      NOT NULL,
+    duration_count bigint[]      NOT NULL,
+    duration_max   integer[]     NOT NULL,
+    last_failed_at timestamptz[] NOT NULL
 );
 
+-- The statement's executions (usually one) are looked up by primary key. OFFSET 0 keeps the lookup
+-- a parameterised index scan: transition tables have no statistics, and a plain join may be
+-- planned as a hash join over every execution of the table.
 CREATE FUNCTION atas_query_rollup_results() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    -- The statement's executions (usually one), each looked up by primary key. OFFSET 0 keeps the
-    -- lookup a parameterised index scan: transition tables have no statistics, and a plain join
-    -- may be planned as a hash join over every execution of the table.
-    INSERT INTO query_rollup_queue (project, day, environment, branch, test_id, name, suite, runs, passed, failed, skipped, errored, retry_passed, duration_sum, duration_count, duration_max, last_failed_at)
+    INSERT INTO query_rollup_queue (project, day, environment, branch, test_ids, names, suites, runs, passed, failed, skipped, errored, retry_passed, duration_sum, duration_count, duration_max, last_failed_at)
     WITH ex AS MATERIALIZED (
         SELECT x.execution_id, coalesce(e.environment, '') AS environment, coalesce(e.branch, '') AS branch
         FROM (SELECT DISTINCT execution_id FROM new_results) x
         LEFT JOIN LATERAL (
             SELECT environment, branch FROM executions WHERE id = x.execution_id OFFSET 0
         ) e ON true
+    ), per_test AS (
+        SELECT n.project, (n.execution_started_at AT TIME ZONE 'UTC')::date AS day, e.environment,
+               e.branch, n.test_id,
+               max(n.name) AS name,
+               max(n.suite) AS suite,
+               count(*) AS runs,
+               count(*) FILTER (WHERE n.status = 'passed') AS passed,
+               count(*) FILTER (WHERE n.status = 'failed') AS failed,
+               count(*) FILTER (WHERE n.status = 'skipped') AS skipped,
+               count(*) FILTER (WHERE n.status = 'error') AS errored,
+               count(*) FILTER (WHERE n.status = 'passed' AND n.attempt > 1) AS retry_passed,
+               coalesce(sum(n.duration_ms), 0) AS duration_sum,
+               count(n.duration_ms) AS duration_count,
+               max(n.duration_ms) AS duration_max,
+               max(n.execution_started_at) FILTER (WHERE n.status IN ('failed', 'error')) AS last_failed_at
+        FROM new_results n
+        JOIN ex e ON e.execution_id = n.execution_id
+        GROUP BY 1, 2, 3, 4, 5
     )
-    SELECT n.project, (n.execution_started_at AT TIME ZONE 'UTC')::date, e.environment, e.branch, n.test_id,
-           max(n.name), max(n.suite),
-           count(*),
-           count(*) FILTER (WHERE n.status = 'passed'),
-           count(*) FILTER (WHERE n.status = 'failed'),
-           count(*) FILTER (WHERE n.status = 'skipped'),
-           count(*) FILTER (WHERE n.status = 'error'),
-           count(*) FILTER (WHERE n.status = 'passed' AND n.attempt > 1),
-           coalesce(sum(n.duration_ms), 0),
-           count(n.duration_ms),
-           max(n.duration_ms),
-           max(n.execution_started_at) FILTER (WHERE n.status IN ('failed', 'error'))
-    FROM new_results n
-    JOIN ex e ON e.execution_id = n.execution_id
-    GROUP BY 1, 2, 3, 4, 5;
+    SELECT project, day, environment, branch, array_agg(test_id), array_agg(name), array_agg(suite),
+           array_agg(runs), array_agg(passed), array_agg(failed), array_agg(skipped), array_agg(errored),
+           array_agg(retry_passed), array_agg(duration_sum), array_agg(duration_count),
+           array_agg(duration_max), array_agg(last_failed_at)
+    FROM per_test
+    GROUP BY project, day, environment, branch;
     RETURN NULL;
 END $$;
 
@@ -118,28 +129,38 @@ CREATE TRIGGER query_rollup_results AFTER INSERT ON results
 -- matching days of the rollups in the same transaction.
 CREATE FUNCTION atas_query_rollup_results_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO query_rollup_queue (project, day, environment, branch, test_id, name, suite, runs, passed, failed, skipped, errored, retry_passed, duration_sum, duration_count, duration_max, last_failed_at)
+    INSERT INTO query_rollup_queue (project, day, environment, branch, test_ids, names, suites, runs, passed, failed, skipped, errored, retry_passed, duration_sum, duration_count, duration_max, last_failed_at)
     WITH ex AS MATERIALIZED (
         SELECT x.execution_id, coalesce(e.environment, '') AS environment, coalesce(e.branch, '') AS branch
         FROM (SELECT DISTINCT execution_id FROM old_results) x
         LEFT JOIN LATERAL (
             SELECT environment, branch FROM executions WHERE id = x.execution_id OFFSET 0
         ) e ON true
+    ), per_test AS (
+        SELECT o.project, (o.execution_started_at AT TIME ZONE 'UTC')::date AS day, e.environment,
+               e.branch, o.test_id,
+               max(o.name) AS name,
+               NULL::text AS suite,
+               -count(*) AS runs,
+               -count(*) FILTER (WHERE o.status = 'passed') AS passed,
+               -count(*) FILTER (WHERE o.status = 'failed') AS failed,
+               -count(*) FILTER (WHERE o.status = 'skipped') AS skipped,
+               -count(*) FILTER (WHERE o.status = 'error') AS errored,
+               -count(*) FILTER (WHERE o.status = 'passed' AND o.attempt > 1) AS retry_passed,
+               -coalesce(sum(o.duration_ms), 0) AS duration_sum,
+               -count(o.duration_ms) AS duration_count,
+               NULL::integer AS duration_max,
+               NULL::timestamptz AS last_failed_at
+        FROM old_results o
+        JOIN ex e ON e.execution_id = o.execution_id
+        GROUP BY 1, 2, 3, 4, 5
     )
-    SELECT o.project, (o.execution_started_at AT TIME ZONE 'UTC')::date, e.environment, e.branch, o.test_id,
-           max(o.name), NULL,
-           -count(*),
-           -count(*) FILTER (WHERE o.status = 'passed'),
-           -count(*) FILTER (WHERE o.status = 'failed'),
-           -count(*) FILTER (WHERE o.status = 'skipped'),
-           -count(*) FILTER (WHERE o.status = 'error'),
-           -count(*) FILTER (WHERE o.status = 'passed' AND o.attempt > 1),
-           -coalesce(sum(o.duration_ms), 0),
-           -count(o.duration_ms),
-           NULL, NULL
-    FROM old_results o
-    JOIN ex e ON e.execution_id = o.execution_id
-    GROUP BY 1, 2, 3, 4, 5;
+    SELECT project, day, environment, branch, array_agg(test_id), array_agg(name), array_agg(suite),
+           array_agg(runs), array_agg(passed), array_agg(failed), array_agg(skipped), array_agg(errored),
+           array_agg(retry_passed), array_agg(duration_sum), array_agg(duration_count),
+           array_agg(duration_max), array_agg(last_failed_at)
+    FROM per_test
+    GROUP BY project, day, environment, branch;
     RETURN NULL;
 END $$;
 
