@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+import msgspec
+
 from atas.common.config import RedisSettings
 from atas.common.logging import get_logger
 
@@ -168,8 +170,14 @@ class Hub:
         return await asyncio.shield(fut)
 
     def deliver_published(self, project: str, message: bytes) -> None:
-        if project in self.clients:
-            self.deliver(project, Event.from_published(message))
+        if project not in self.clients:
+            return
+        try:
+            event = Event.from_published(message)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            log.error("unreadable publication dropped", project=project, error=str(exc))
+            return
+        self.deliver(project, event)
 
     def add(self, client: Client) -> None:
         """Count the client at once (the connection cap is exact), before any await."""

@@ -166,7 +166,7 @@ async def test_heartbeats_arrive_on_an_idle_stream(two_pods, sse, token):
 
 
 async def test_a_slow_client_is_cut_off_while_a_fast_one_keeps_receiving(two_pods, sse, publish, token):
-    a, _b = await two_pods(client_queue=30, write_timeout_s=2.0)
+    a, _b = await two_pods(client_queue=200, write_timeout_s=2.0)
     tok = token()
     fast = await sse(f"{a.url}/v1/stream?project=demo", {"Authorization": f"Bearer {tok}"})
     await fast.read_until(lambda c: c.parser.last_id is not None)
