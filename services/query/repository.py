@@ -221,12 +221,13 @@ class QueryRepository:
         test both passed and failed: only the results of those re-run executions are read (by
         primary key), so the cost follows re-runs, not all results of the range.
         """
-        table, d = _daily(scope, first_day, end_day)
-        w = _Where(*d.args)
-        filters = "".join(f" AND e.{col} = {w.arg(val)}" for col, val in
-                          (("environment", scope.environment), ("branch", scope.branch)) if val is not None)
-        d_filter = " AND ".join(part for part in d.parts[1:])
-        d_filter = f" AND {d_filter}" if d_filter else ""
+        table = "query_test_daily_branch" if scope.branch is not None else "query_test_daily"
+        w = _Where(scope.project, first_day, end_day)
+        # The same optional filters on the executions (alias e) and on the rollup (alias d).
+        filters = [(col, w.arg(val)) for col, val in (("environment", scope.environment),
+                                                      ("branch", scope.branch)) if val is not None]
+        e_filter = "".join(f" AND e.{col} = {ref}" for col, ref in filters)
+        d_filter = "".join(f" AND d.{col} = {ref}" for col, ref in filters)
         lim = w.arg(limit)
         sql = f"""
             WITH ex AS (
@@ -235,7 +236,7 @@ class QueryRepository:
                 FROM executions e
                 WHERE e.project = $1 AND e.commit_sha IS NOT NULL
                   AND e.started_at >= ($2::date)::timestamp AT TIME ZONE 'UTC'
-                  AND e.started_at < ($3::date)::timestamp AT TIME ZONE 'UTC'{filters}
+                  AND e.started_at < ($3::date)::timestamp AT TIME ZONE 'UTC'{e_filter}
             ), flips AS (
                 SELECT g.test_id, count(*) AS flaky_commits
                 FROM (
@@ -255,10 +256,10 @@ class QueryRepository:
                 ) g
                 GROUP BY g.test_id
             ), retries AS (
-                SELECT test_id, sum(retry_passed)::bigint AS retry_passes
-                FROM {table}
-                WHERE project = $1 AND day >= $2 AND day < $3 AND retry_passed > 0{d_filter}
-                GROUP BY test_id
+                SELECT d.test_id, sum(d.retry_passed)::bigint AS retry_passes
+                FROM {table} d
+                WHERE d.project = $1 AND d.day >= $2 AND d.day < $3 AND d.retry_passed > 0{d_filter}
+                GROUP BY d.test_id
             ), flaky AS (
                 SELECT coalesce(f.test_id, r.test_id) AS test_id,
                        coalesce(f.flaky_commits, 0) AS flaky_commits,
@@ -270,7 +271,7 @@ class QueryRepository:
             SELECT k.test_id, k.flaky_commits, k.retry_passes,
                    max(d.name) AS name, max(d.suite) AS suite, coalesce(sum(d.runs), 0)::bigint AS runs
             FROM flaky k LEFT JOIN {table} d
-              ON d.project = $1 AND d.day >= $2 AND d.day < $3 AND d.test_id = k.test_id{d_filter.replace(" AND ", " AND d.")}
+              ON d.project = $1 AND d.day >= $2 AND d.day < $3 AND d.test_id = k.test_id{d_filter}
             GROUP BY k.test_id, k.flaky_commits, k.retry_passes
             ORDER BY k.flaky_commits + k.retry_passes DESC, k.test_id"""
         async with self._pool.acquire() as conn:
