@@ -27,6 +27,10 @@ class IngestConfig(msgspec.Struct, frozen=True):
     relay_batch: int = 500
     # Relay: polling fallback when no NOTIFY arrives (lost LISTEN connection, missed wake-up).
     relay_poll_s: float = 1.0
+    # Relay: after a NOTIFY, wait this long for more commits before claiming, so that under load
+    # one round carries the events of many requests instead of one round per request. It adds at
+    # most this much to event latency (live monitors do not notice 20 ms).
+    relay_linger_s: float = 0.02
     # Relay: exponential back-off with jitter while Kafka or PostgreSQL fails, capped here.
     relay_backoff_max_s: float = 30.0
     # Relay: how long a round waits for the bus to acknowledge a batch. Kafka's idempotent producer
@@ -49,6 +53,7 @@ class IngestConfig(msgspec.Struct, frozen=True):
             event_max_failed=e.int("INGEST_EVENT_MAX_FAILED", 100, lo=0, hi=10_000),
             relay_batch=e.int("INGEST_RELAY_BATCH", 500, lo=1, hi=10_000),
             relay_poll_s=e.float("INGEST_RELAY_POLL_SECONDS", 1.0, lo=0.01),
+            relay_linger_s=e.float("INGEST_RELAY_LINGER_SECONDS", 0.02, lo=0.0),
             relay_backoff_max_s=e.float("INGEST_RELAY_BACKOFF_MAX_SECONDS", 30.0, lo=0.1),
             relay_publish_timeout_s=e.float("INGEST_RELAY_PUBLISH_TIMEOUT_SECONDS", 15.0, lo=0.1),
             relay_enabled=bool(e.int("INGEST_RELAY_ENABLED", 1, lo=0, hi=1)),

@@ -144,6 +144,8 @@ class OutboxRelay:
                 self._failures = 0
             if relayed < self._config.relay_batch:
                 await self._sleep(self._config.relay_poll_s, wake_on_notify=True)
+                if self._config.relay_linger_s:
+                    await self._sleep(self._config.relay_linger_s, wake_on_notify=False)
         log.info("outbox relay stopped", published=self.published)
 
     async def _sleep(self, seconds: float, *, wake_on_notify: bool) -> None:

@@ -162,8 +162,13 @@ async def add_results(request: web.Request) -> web.Response:
         raise ApiError(413, "batch_too_large", f"the batch has {len(batch.results)} results; the limit is "
                                                f"{config.max_batch}: split it", field="results",
                        details={"max_results": config.max_batch})
-    async with _transaction(request) as conn:
-        accepted = await writer.add_results(conn, execution_id, batch.results, config, _authorizer(principal))
+    try:
+        async with _transaction(request) as conn:
+            accepted = await writer.add_results(conn, execution_id, batch.results, config, _authorizer(principal))
+    except writer.AlreadyStored:  # a retried batch: again, storing only what is new
+        async with _transaction(request) as conn:
+            accepted = await writer.add_results(conn, execution_id, batch.results, config, _authorizer(principal),
+                                                optimistic=False)
     return _respond(accepted)
 
 
@@ -232,6 +237,8 @@ async def import_junit(request: web.Request) -> web.Response:
         if not created:
             return _respond(JunitImported(execution=execution, accepted=0, duplicates=len(report.results),
                                           created=False))
+        # The execution is new in this transaction and the report's keys are distinct (repeats
+        # became attempts), so the optimistic COPY cannot meet a stored result.
         accepted = await writer.add_results(conn, execution_id, report.results, config, _authorizer(principal))
         execution, _ = await writer.finish_execution(conn, execution_id, ExecutionFinish(finished_at=end), config,
                                                      _authorizer(principal), now=now)

@@ -1,9 +1,9 @@
 """The write path: executions, result batches and their outbox events, one transaction each.
 
 Every function here runs inside a transaction the caller opened and does a fixed number of
-statements, whatever the batch size (never a statement per row). A batch seen for the first time
-goes in with one ``COPY`` inside a savepoint; if any of its results is already stored (a retry),
-the savepoint is rolled back and one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``
+statements, whatever the batch size (never a statement per row). A batch is first tried with one
+``COPY``; if any of its results is already stored (a retry), the caller rolls back and runs the
+batch again through one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``, which
 stores only what is new. Concurrent batches for one execution serialise on the execution's
 row lock, which is taken first, so counters stay exact and overlapping batches cannot deadlock on
 each other's result keys. The events of DESIGN.md are appended to the outbox in the same
@@ -279,19 +279,24 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
+class AlreadyStored(Exception):
+    """The optimistic COPY met a result that is already stored (a retried batch). The transaction
+    is aborted: roll it back and call :func:`add_results` again with ``optimistic=False``."""
+
+
 async def _copy_results(conn: asyncpg.Connection, started_at: datetime, execution_id: uuid.UUID, project: str,
-                        results: Sequence[ResultIn]) -> _Stored | None:
-    """The fast path for a batch seen for the first time: COPY, about twice the rate of an
-    ``INSERT ... ON CONFLICT``. Returns None (nothing stored) when some result is already stored."""
+                        results: Sequence[ResultIn]) -> _Stored:
+    """The fast path for a batch seen for the first time: one COPY, about twice the rate of an
+    ``INSERT ... ON CONFLICT``. No savepoint (it would cost two round trips and a subtransaction on
+    every batch to spare the rare retry one): a duplicate aborts the transaction (AlreadyStored)."""
     # Without client ids the column is left out and PostgreSQL generates them (V011).
     with_ids = any(r.id is not None for r in results)
     data = _copy_data(started_at, execution_id, project, results, with_ids)
     try:
-        async with conn.transaction():  # a savepoint: a duplicate undoes only this attempt
-            await conn.copy_to_table("results", source=_once(data), format="text",
-                                     columns=_COPY_COLUMNS + ("id",) if with_ids else _COPY_COLUMNS)
+        await conn.copy_to_table("results", source=_once(data), format="text",
+                                 columns=_COPY_COLUMNS + ("id",) if with_ids else _COPY_COLUMNS)
     except asyncpg.UniqueViolationError:
-        return None
+        raise AlreadyStored() from None
     return _tally(results)
 
 
@@ -311,15 +316,18 @@ async def _insert_new_results(conn: asyncpg.Connection, started_at: datetime, ex
 
 
 async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results: Sequence[ResultIn],
-                      config: IngestConfig, authorize: Authorize) -> BatchAccepted:
-    """Store a batch; duplicates (same test_id + attempt, or same id) are skipped and counted."""
+                      config: IngestConfig, authorize: Authorize, *, optimistic: bool = True) -> BatchAccepted:
+    """Store a batch; duplicates (same test_id + attempt, or same id) are skipped and counted.
+
+    ``optimistic``: try the COPY fast path first; it raises AlreadyStored (transaction aborted)
+    when the batch was stored before, and the caller retries in a new transaction without it.
+    """
     started = time.perf_counter()
     lock = await _lock(conn, execution_id, authorize)
     project = lock["project"]
-    stored = None
-    if _distinct(results):
+    if optimistic and _distinct(results):
         stored = await _copy_results(conn, lock["started_at"], execution_id, project, results)
-    if stored is None:  # a retry (or a batch repeating itself): skip what is already stored
+    else:  # a retry (or a batch repeating itself): skip what is already stored
         stored = await _insert_new_results(conn, lock["started_at"], execution_id, project, results)
     by_status, duration, failed_keys = stored
     accepted = sum(by_status.values())
