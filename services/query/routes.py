@@ -411,10 +411,18 @@ def _execution_id(request: web.Request) -> str:
                           code="invalid_parameter") from None
 
 
-async def _owned_execution(repo: QueryRepository, project: str, execution_id: str):
+async def _owned_execution(request: web.Request, repo: QueryRepository, project: str, execution_id: str):
+    """The execution, if it belongs to ``project``: 403 when it belongs to a project the token may
+    not read (another tenant's data), 404 when it does not exist or sits in another of the caller's
+    projects."""
     row = await repo.execution(execution_id)
-    if row is None or row["project"] != project:
-        # Another project's execution is reported as missing: existence is not leaked across tenants.
+    if row is not None and row["project"] != project:
+        principal = request.app[QUERY_STATE].tokens.principal(request)
+        if not principal.can(SCOPE, row["project"]):
+            raise ApiError(403, "forbidden", f"execution {execution_id} belongs to a project this token "
+                                             f"may not read")
+        row = None
+    if row is None:
         raise not_found(f"execution {execution_id} not found in project {project!r}")
     return row
 
@@ -427,7 +435,7 @@ async def execution_status(request: web.Request) -> web.Response:
     entry = c.status_entry(p.project, execution_id, request.app[SETTINGS].cache_ttl.status)
 
     async def compute() -> bytes:
-        return _encoder.encode(execution_view(await _owned_execution(repo, p.project, execution_id)))
+        return _encoder.encode(execution_view(await _owned_execution(request, repo, p.project, execution_id)))
 
     got = await state.cache.fetch(entry, compute)
     return respond(request, got.body, got.etag, got.outcome)
@@ -453,7 +461,7 @@ async def execution_results(request: web.Request) -> web.Response:
         raise bad_request(f"`status` must be among {', '.join(STATUSES)}, got {', '.join(bad)}",
                           field="status", code="invalid_parameter")
     after = decode_cursor(p.cursor, "rs", (str, int)) if p.cursor else None
-    row = await _owned_execution(repo, p.project, execution_id)
+    row = await _owned_execution(request, repo, p.project, execution_id)
     rows = await repo.results_page(row["started_at"], execution_id, limit=limit + 1, after=after,
                                    statuses=statuses or None)
     more = len(rows) > limit

@@ -60,12 +60,18 @@ async def test_client_errors_are_400_with_a_reason_and_other_projects_403(pg, re
                                 headers={"Authorization": f"Bearer {token(scopes=['ingest:write'])}"})
         assert resp.status == 403
         assert (await client.get("/v1/dashboard/overview", params={"project": "demo"})).status == 401
-        # an execution of another project is not found through this one
+        # another tenant's execution, asked for through one's own project: 403, for status and results
         theirs = await small.pool.fetchval(
             "INSERT INTO executions (id, project, name, started_at) "
             "VALUES (gen_random_uuid(), 'other', 'x', now()) RETURNING id")
-        resp = await client.get(f"/v1/executions/{theirs}", params={"project": "demo"}, headers=auth)
-        assert resp.status == 404
+        for path in (f"/v1/executions/{theirs}", f"/v1/executions/{theirs}/results"):
+            assert (await client.get(path, params={"project": "demo"}, headers=auth)).status == 403
+            # a token that may read both projects just does not find it in the wrong one
+            both = {"Authorization": f"Bearer {token(projects=['demo', 'other'])}"}
+            assert (await client.get(path, params={"project": "demo"}, headers=both)).status == 404
+            assert (await client.get(path, params={"project": "other"}, headers=both)).status == 200
+        missing = "00000000-0000-0000-0000-000000000000"
+        assert (await client.get(f"/v1/executions/{missing}", params={"project": "demo"}, headers=auth)).status == 404
 
 
 @pytest.mark.redis
