@@ -262,6 +262,27 @@ async def test_openapi_documents_the_ingest_routes(ingest):
     result = doc["components"]["schemas"]["ResultIn"]
     assert set(result["properties"]["status"]["enum"]) == {"passed", "failed", "skipped", "error"}
     assert "test_id" in result["required"]
+    # every route the app serves under /v1 is documented, and every $ref resolves
+    served = {(r.resource.canonical, r.method.lower()) for r in client.app.router.routes()
+              if r.resource is not None and r.resource.canonical.startswith("/v1/")}
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert served == documented
+    refs = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                refs.add(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    assert refs and all(ref.split("/")[-1] in doc["components"]["schemas"] for ref in refs)
+    junit_params = {p["name"] for p in doc["paths"]["/v1/junit"]["post"]["parameters"]}
+    assert {"project", "name", "branch", "execution_id"} <= junit_params
 
 
 async def test_special_characters_are_stored_exactly(ingest, auth, pg):
