@@ -294,7 +294,7 @@ class RedisFanout:
     first, then read history" without a hole.
     """
 
-    # A PING every this often; no reply at all within PING_INTERVAL + timeout means the connection
+    # A PING every this often; no reply at all within two intervals + timeout means the connection
     # is dead (a half-open TCP connection otherwise looks like a quiet channel forever).
     PING_INTERVAL_S = 5.0
     RECONNECT_MAX_S = 5.0
@@ -466,7 +466,7 @@ class RedisFanout:
         plen = len(self._prefix)
         try:
             while True:
-                reply = await asyncio.wait_for(read_reply(reader), self.PING_INTERVAL_S + self._timeout)
+                reply = await asyncio.wait_for(read_reply(reader), 2 * self.PING_INTERVAL_S + self._timeout)
                 if not isinstance(reply, list) or not reply:
                     continue
                 kind = reply[0]

@@ -135,8 +135,9 @@ class Session:
             reason = await self._loop()
         except ConnectionError:  # the client went away (aiohttp raises several flavours)
             reason = "client"
-        except TimeoutError:
-            reason = END_SLOW  # a write did not complete within write_timeout_s
+        except TimeoutError:  # a write did not complete within write_timeout_s: a stalled client
+            client.end(END_SLOW)
+            reason = await self._finish(END_SLOW)
         finally:
             client.sink = None
             state.hub.remove(client)
