@@ -22,7 +22,6 @@ from atas.common.engines import install_engines
 from atas.query.app import setup
 from atas.query.config import QueryConfig
 from atas.query.rollups import settle
-from tests.conftest import make_settings
 
 RESULT_COLUMNS = ["execution_started_at", "execution_id", "project", "test_id", "attempt", "id", "name",
                   "suite", "status", "duration_ms"]
