@@ -287,7 +287,8 @@ async def run(args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="atas-bench-") as tmp:
         tmp_path = Path(tmp)
-        env = servers(tmp_path / "stack")
+        # Stack.up runs its own event loop (asyncio.run): give it a thread of its own.
+        env = await asyncio.to_thread(servers, tmp_path / "stack")
         dsn = await create_database(env["DB_URL"])
         server = None
         try:
