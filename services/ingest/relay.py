@@ -101,22 +101,11 @@ class OutboxRelay:
                 self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self._close_listener()
-        if self._publisher is not None:
-            publisher, self._publisher = self._publisher, None
-            try:
-                # Flushes what is in flight; with Kafka down that would wait forever. The rows of an
-                # unacknowledged batch are still in the outbox, so giving up loses nothing.
-                await asyncio.wait_for(publisher.stop(), PRODUCER_STOP_TIMEOUT_S)
-            except Exception as exc:  # noqa: BLE001 - shutting down; report and go on
-                log.warning("producer did not stop cleanly; its unacknowledged events stay in the outbox",
-                            error=f"{type(exc).__name__}: {exc}")
+        await self._drop_publisher()
         if self._in_flight is not None:
             self._in_flight.publish.cancel()
             await asyncio.gather(self._in_flight.publish, return_exceptions=True)
             self._in_flight = None
-
-    def wake(self) -> None:
-        self._wake.set()
 
     # ------------------------------------------------------------------ loop
     async def _run(self) -> None:
@@ -194,6 +183,10 @@ class OutboxRelay:
                     if not done:
                         self._in_flight = _InFlight(publish, ids, started)
         if error is not None:
+            if self._in_flight is None:
+                # The producer refused the batch: its state is unknown, so the next round starts a
+                # fresh one (a slow acknowledgement, by contrast, keeps the producer and its batch).
+                await self._drop_publisher()
             raise error if isinstance(error, PublishError) else PublishError(str(error))
         self._relayed(len(ids), started)
         return len(ids)
@@ -208,6 +201,7 @@ class OutboxRelay:
         self._in_flight = None
         error = flight.publish.exception()
         if error is not None:  # the rows are still in the outbox: the next round claims them again
+            await self._drop_publisher()
             raise error if isinstance(error, PublishError) else PublishError(str(error))
         # Another relay may have published and deleted some of them meanwhile (a duplicate on the
         # topic, with the same event id); deleting what is left is all that remains to do.
@@ -231,6 +225,18 @@ class OutboxRelay:
         except Exception as exc:
             raise PublishError(f"producer start failed: {type(exc).__name__}: {exc}") from exc
         self._publisher = publisher
+
+    async def _drop_publisher(self) -> None:
+        if self._publisher is None:
+            return
+        publisher, self._publisher = self._publisher, None
+        try:
+            # Flushes what is in flight; with Kafka down that would wait forever. The rows of an
+            # unacknowledged batch are still in the outbox, so giving up loses nothing.
+            await asyncio.wait_for(publisher.stop(), PRODUCER_STOP_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the producer is being discarded; report and go on
+            log.warning("producer did not stop cleanly; its unacknowledged events stay in the outbox",
+                        error=f"{type(exc).__name__}: {exc}")
 
     async def _ensure_listener(self) -> None:
         """(Re)open the LISTEN connection. Failing here is not fatal: polling still relays."""

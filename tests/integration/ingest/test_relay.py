@@ -67,3 +67,56 @@ async def test_two_relays_share_the_outbox_without_duplicating_events(ingest, au
         assert sorted(e.seq for e in events if e.execution_id == ex["id"]) == list(range(1, 12))
     assert relay_of(pods[0]).published + relay_of(pods[1]).published == 44
     await sub.stop()
+
+
+class _FlakyBus:
+    """The in-process bus behind a publisher that refuses its first ``failures`` batches."""
+
+    def __init__(self, failures: int):
+        self.inner = MemoryBus()
+        self.topic = self.inner.topic
+        self.failures = failures
+        self.publishers = 0
+
+    def publisher(self, client_id="atas"):
+        from atas.common.bus import PublishError
+
+        bus = self
+        bus.publishers += 1
+        inner = self.inner.publisher(client_id)
+
+        class Flaky:
+            async def start(self):
+                await inner.start()
+
+            async def stop(self):
+                await inner.stop()
+
+            async def publish(self, messages):
+                if bus.failures > 0:
+                    bus.failures -= 1
+                    raise PublishError("NotLeaderForPartitionError: broker went away")
+                await inner.publish(messages)
+
+        return Flaky()
+
+
+async def test_a_refused_publish_is_retried_with_a_fresh_producer_and_delivered(ingest, auth, pg_pool):
+    from prometheus_client import REGISTRY
+
+    def failures() -> float:
+        return REGISTRY.get_sample_value("atas_relay_failures_total", {"stage": "publish"}) or 0.0
+
+    before = failures()
+    bus = _FlakyBus(failures=3)
+    sub = bus.inner.subscription("t", from_beginning=True)
+    await sub.start()
+    client = await ingest(bus=bus)
+    h = auth()
+    ex = await start(client, h)
+    events = await _drain(sub, 1)
+    assert [e.type for e in events] == ["execution.started"] and events[0].execution_id == ex["id"]
+    assert await pg_pool.fetchval("SELECT count(*) FROM outbox") == 0
+    assert bus.failures == 0 and failures() - before == 3
+    assert bus.publishers == 4  # a fresh producer after each refusal
+    await sub.stop()
