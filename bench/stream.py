@@ -5,15 +5,21 @@
     scripts/bench stream --rate 50 --duration 30
 
 Starts one ``atas serve stream`` and one ``atas serve ingest`` (fresh database, Kafka topic and
-Redis prefix of its own), connects ``--clients`` SSE clients from ``--workers`` client processes
-(raw sockets, HTTP/1.0, so the clients cost little CPU), then creates executions through the
-ingest API at ``--rate`` per second: each is one ``execution.started`` event that travels
-ingest → PostgreSQL outbox → relay → Kafka → bridge → Redis Stream + PUBLISH → fan-out → every client.
+Redis prefix of its own), connects ``--clients`` SSE clients (raw sockets, HTTP/1.0), then creates
+executions through the ingest API at ``--rate`` per second: each is one ``execution.started`` event
+that travels ingest → PostgreSQL outbox → relay → Kafka → bridge → Redis Stream + PUBLISH → fan-out
+→ every client.
+
+Clients: ``--probes`` (100) read every event as it arrives, in a process of their own; their
+receive times are the latency samples. The others (``--workers`` processes) also receive every
+event — the server writes each event to each socket all the same — but read only every
+``--lazy-ms`` (500), so that on a small machine the clients' own CPU does not become the
+measurement. ``--lazy-ms 0`` makes every client an eager reader.
 
 Reported (last stdout line, one JSON object):
 
-* ``e2e_p50_ms`` / ``e2e_p99_ms``: ingest request sent → event read by a client, every client;
-* ``fanout_p50_ms`` / ``fanout_p99_ms``: Redis PUBLISH → event read by a client. The publish instant
+* ``e2e_p50_ms`` / ``e2e_p99_ms``: ingest request sent → event read by a probe client;
+* ``fanout_p50_ms`` / ``fanout_p99_ms``: Redis PUBLISH → event read by a probe client. The publish instant
   is when a raw subscriber in this process received the publication (the floor below, ~0.1 ms,
   is the error of that proxy);
 * ``redis_pubsub_p99_ms``: the floor, raw Pub/Sub of timestamped messages to one subscriber in
@@ -87,10 +93,13 @@ class SseConn(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport):
+        self.transport = transport
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
+        if self.worker.lazy and self.headers_done:
+            self.transport.pause_reading()  # the worker resumes every connection every lazy_s
         self.buf += data
         if not self.headers_done:
             end = self.buf.find(b"\r\n\r\n")
@@ -121,8 +130,15 @@ class SseConn(asyncio.Protocol):
 
 
 class Worker:
-    def __init__(self, host: str, port: int, clients: int, token: str):
+    """A client process. Probe workers read every event as it comes and their receive times are the
+    latency samples; lazy workers read every ``lazy_s`` (still every event, in fewer reads) so
+    that the clients' own CPU does not dominate a 2-core machine and skew the probes."""
+
+    def __init__(self, host: str, port: int, clients: int, token: str, lazy_s: float = 0.0):
         self.host, self.port, self.clients, self.token = host, port, clients, token
+        self.lazy = lazy_s > 0
+        self.lazy_s = lazy_s
+        self.conns: list[SseConn] = []
         self.head = _Head()
         self.received: dict[str, array] = {}
         self.errors: list[str] = []
@@ -130,6 +146,8 @@ class Worker:
         self.transports = []
 
     def record(self, key: str, t: float) -> None:
+        if self.lazy:
+            t = float("nan")  # counted for `delivered`, not a latency sample (read late on purpose)
         times = self.received.get(key)
         if times is None:
             times = self.received[key] = array("d")
@@ -146,6 +164,7 @@ class Worker:
             async with sem:
                 transport, proto = await loop.create_connection(lambda: SseConn(request, self), self.host, self.port)
                 self.transports.append(transport)
+                self.conns.append(proto)
                 return await proto.connected
 
         results = await asyncio.gather(*(one() for _ in range(self.clients)), return_exceptions=True)
@@ -167,6 +186,8 @@ class Worker:
                     continue
                 hist = out[kind]
                 for t in times:
+                    if t != t:  # NaN: a lazy reader's copy
+                        continue
                     b = int(max(0.0, (t - base) * 1000) / BUCKET_MS)
                     hist[b] = hist.get(b, 0) + 1
         return out
@@ -174,9 +195,18 @@ class Worker:
 
 async def worker_main(args) -> int:
     raise_nofile()
-    worker = Worker(args.host, args.port, args.clients, args.token)
+    worker = Worker(args.host, args.port, args.clients, args.token, args.lazy_s)
     ok = await worker.connect()
     print(json.dumps({"ready": ok, "errors": worker.errors[:5]}), flush=True)
+
+    async def resume_all() -> None:
+        while True:
+            await asyncio.sleep(worker.lazy_s)
+            for conn in worker.conns:
+                if not conn.closed:
+                    conn.transport.resume_reading()
+
+    resumer = asyncio.create_task(resume_all()) if worker.lazy else None
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -195,6 +225,8 @@ async def worker_main(args) -> int:
                       "e2e": hist["e2e"], "fanout": hist["fanout"], "errors": worker.errors[:5]}
             Path(arg + f".{os.getpid()}").write_text(json.dumps(result))
             print(json.dumps({"done": True}), flush=True)
+            if resumer is not None:
+                resumer.cancel()
             for t in worker.transports:
                 t.close()
             return 0
@@ -225,6 +257,25 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_histogram(text: str, name: str) -> dict[float, float]:
+    """Cumulative buckets {le: count} of a Prometheus histogram from /metrics text."""
+    out = {}
+    for m in re.finditer(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M):
+        out[float("inf") if m.group(1) == "+Inf" else float(m.group(1))] = float(m.group(2))
+    return out
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The upper bound (ms) of the bucket holding quantile q (coarse, as Prometheus buckets are)."""
+    total = buckets.get(float("inf"), 0)
+    if not total:
+        return None
+    for le in sorted(buckets):
+        if buckets[le] >= q * total:
+            return None if le == float("inf") else round(le * 1000, 1)
+    return None
 
 
 def percentile(hist: dict[int, int], q: float) -> float | None:
@@ -358,13 +409,17 @@ async def bench(args) -> dict:
             rss_before = rss_kb(stream.proc.pid)
             say(f"stream pid {stream.proc.pid}: {rss_before / 1024:.1f} MB before clients; logs in {logs}")
 
-            per = [args.clients // args.workers + (1 if i < args.clients % args.workers else 0)
+            probes = min(args.probes, args.clients)
+            bulk = args.clients - probes
+            per = [(bulk // args.workers + (1 if i < bulk % args.workers else 0), args.lazy_ms / 1000)
                    for i in range(args.workers)]
             started = time.perf_counter()
-            for n in per:
+            for n, lazy_s in [(probes, 0.0)] + per:  # the probes connect first: random spots in fan-out order
+                if n <= 0:
+                    continue
                 workers.append(subprocess.Popen(
                     [sys.executable, __file__, "--worker", "--host", "127.0.0.1", "--port", str(stream.port),
-                     "--clients", str(n), "--token", token],
+                     "--clients", str(n), "--token", token, "--lazy-s", str(lazy_s)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             ready = 0
             for w in workers:
@@ -426,6 +481,8 @@ async def bench(args) -> dict:
                 await asyncio.sleep(0.5)
             say(f"clients read {got} of {expected} event copies")
             rss_loaded = rss_kb(stream.proc.pid)
+            server = server_histogram(await (await http.get(stream.url + "/metrics")).text(),
+                                      "atas_stream_fanout_latency_seconds")
             stop.set()
             await asyncio.gather(watch_task, floor_task)
 
@@ -446,6 +503,7 @@ async def bench(args) -> dict:
             floor_sorted = sorted(floor.latencies)
             return {
                 "clients": ready,
+                "probes": probes,
                 "events": total,
                 "rate_per_s": args.rate,
                 "e2e_p50_ms": percentile(merged["e2e"], 0.50),
@@ -454,6 +512,9 @@ async def bench(args) -> dict:
                 "fanout_p99_ms": percentile(merged["fanout"], 0.99),
                 "redis_pubsub_p99_ms": round(floor_sorted[int(0.99 * (len(floor_sorted) - 1))], 2)
                 if floor_sorted else None,
+                # the server's own view, event time → written to its last client (bucket bounds)
+                "server_fanout_p50_le_ms": bucket_quantile(server, 0.5),
+                "server_fanout_p99_le_ms": bucket_quantile(server, 0.99),
                 "rss_mb": round(rss_loaded / 1024, 1),
                 "kb_per_conn": round((rss_after - rss_before) / max(ready, 1), 1),
                 "delivered": round(received / expected, 4) if expected else None,
@@ -486,7 +547,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2000, help="SSE clients (default 2000, up to 10000)")
     parser.add_argument("--rate", type=float, default=20.0, help="events ingested per second (default 20)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of ingest (default 20)")
-    parser.add_argument("--workers", type=int, default=2, help="client processes (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="bulk client processes (default 2)")
+    parser.add_argument("--probes", type=int, default=100,
+                        help="clients, in their own process, that read eagerly: the latency samples (default 100)")
+    parser.add_argument("--lazy-ms", type=float, default=500.0,
+                        help="bulk clients read every this many ms, still every event (default 500; 0: eagerly)")
+    parser.add_argument("--lazy-s", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--host", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
