@@ -54,17 +54,20 @@ def not_found(message: str) -> ApiError:
 
 
 _PATH_RE = re.compile(r" - at `([^`]*)`$")
+_MISSING_RE = re.compile(r"^Object missing required field `([^`]*)`$")
 
 
 def validation_field(exc: msgspec.ValidationError) -> tuple[str, str | None]:
     """Split msgspec's message into (reason, JSON path such as ``results[0].status``)."""
     text = str(exc)
     match = _PATH_RE.search(text)
-    if not match:
-        return text, None
-    path = match.group(1)
+    reason, path = (text[: match.start()], match.group(1)) if match else (text, "$")
     path = path[2:] if path.startswith("$.") else ("" if path == "$" else path.lstrip("$"))
-    return text[: match.start()], path or None
+    # "Object missing required field `x`" is reported at the parent: name the missing field itself.
+    missing = _MISSING_RE.search(reason)
+    if missing:
+        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+    return reason, path or None
 
 
 def decode_json(body: bytes, type_: type[T], *, decoder: msgspec.json.Decoder | None = None) -> T:

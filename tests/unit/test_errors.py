@@ -30,3 +30,12 @@ def test_malformed_json_is_400():
     with pytest.raises(ApiError) as info:
         decode_json(b'{"items": [', Batch)
     assert info.value.status == 400 and info.value.code == "malformed_json"
+
+
+def test_missing_required_field_is_named():
+    with pytest.raises(ApiError) as info:
+        decode_json(b'{"items": [{"count": 1}]}', Batch)
+    assert info.value.field == "items[0].name"
+    with pytest.raises(ApiError) as info:
+        decode_json(b'{}', Batch)
+    assert info.value.field == "items"

@@ -76,7 +76,7 @@ def test_request_hash_ignores_key_order_but_not_values():
     (b'{"results": [{"test_id": "t", "name": "n", "status": "passed", "attempt": 0}]}', "results[0].attempt"),
     (b'{"results": [{"test_id": "t", "name": "n", "status": "passed", "duration_ms": -1}]}', "results[0].duration_ms"),
     (b'{"results": [{"test_id": "t", "name": "n", "status": "passed", "attachments": [{"kind": "x"}]}]}',
-     "results[0].attachments[0]"),
+     "results[0].attachments[0].uri"),
 ])
 def test_batch_validation_names_the_field(body, field):
     with pytest.raises(ApiError) as info:
