@@ -67,3 +67,39 @@ async def test_resume_replays_exactly_the_missed_events_and_too_old_gets_reset(a
     assert got[0].event == "reset"
     assert json.loads(got[0].data)["reason"] == "history_gap"
     assert got[0].id is not None
+
+
+async def test_a_filtered_client_resume_point_moves_past_events_it_skips(apps, sse, token):
+    bus = MemoryBus()
+    app = await apps.start(make_settings(mode="dev"), CFG, bus=bus)
+    await app.bridge_ready()
+    auth = {"Authorization": f"Bearer {token()}"}
+    only_finished = await sse(f"{app.url}/v1/stream?project=demo&types=execution.finished", auth)
+    everything = await sse(f"{app.url}/v1/stream?project=demo", auth)
+    for c in (only_finished, everything):
+        await c.read_until(lambda c: c.parser.last_id is not None)
+    await _publish(bus, [envelope("demo", seq=i) for i in range(1, 9)])  # more than the history keeps (5)
+    newest = (await everything.read_events(8))[-1].id
+    await only_finished.read_until(lambda c: c.parser.last_id == newest)  # with a heartbeat
+    assert only_finished.data_events() == []
+    # so its reconnect is a clean resume, not a reset
+    again = await sse(f"{app.url}/v1/stream?project=demo&types=execution.finished",
+                      {**auth, "Last-Event-ID": only_finished.parser.last_id})
+    last = envelope("demo", type_="execution.finished", seq=9, data={"status": "passed"})
+    await _publish(bus, [last])
+    got = await again.read_events(1)
+    assert got[0].event == "execution.finished" and json.loads(got[0].data)["id"] == last.id
+
+
+async def test_shutdown_closes_open_streams_with_a_final_event(apps, sse, http, token):
+    app = await apps.start(make_settings(mode="dev", drain_seconds=2.0), StreamConfig(close_spread_s=0.5),
+                           bus=MemoryBus())
+    auth = {"Authorization": f"Bearer {token()}"}
+    clients = [await sse(f"{app.url}/v1/stream?project=demo", auth) for _ in range(3)]
+    for c in clients:
+        await c.read_until(lambda c: c.parser.last_id is not None)
+    await app.stop()  # what SIGTERM does: listener closed, on_shutdown, drain
+    for c in clients:
+        await c.read_until(lambda c: c.eof)
+        assert [e.event for e in c.events][-1:] == ["end"]
+        assert json.loads(c.events[-1].data)["reason"] == "shutdown"
