@@ -35,6 +35,9 @@ class Bridge:
     """Consumes ``settings.kafka.topic`` in group ``bridge_group`` and feeds the history."""
 
     POLL_S = 0.5
+    # Offsets of written events are committed at most this often: a commit is a broker round trip
+    # the next poll would wait for. A crash redelivers at most this much, which the history dedupes.
+    COMMIT_INTERVAL_S = 0.5
     # Commit positions every this often even without events, so a partition moving to another pod
     # in a rebalance resumes where this one was instead of at "latest".
     IDLE_COMMIT_S = 5.0
@@ -112,8 +115,9 @@ class Bridge:
             if messages:
                 self._accept(messages)
             await self._flush()
-            now = time.monotonic()
-            if not self._pending and (self._uncommitted or (assigned and now - self._last_commit > self.IDLE_COMMIT_S)):
+            since = time.monotonic() - self._last_commit
+            if not self._pending and ((self._uncommitted and since >= self.COMMIT_INTERVAL_S)
+                                      or (assigned and since > self.IDLE_COMMIT_S)):
                 await self._commit(sub)
 
     def _accept(self, messages: list[Message]) -> None:
