@@ -32,8 +32,7 @@ from .sse import END_SLOW
 
 log = get_logger(__name__)
 
-_SENT_LIVE = metrics.EVENTS_SENT.labels("live")
-_SENT_DIRECT = [0]
+_SENT_DIRECT = [0]  # direct writes of the event being delivered, published once per event
 
 
 class Client:
@@ -145,7 +144,7 @@ class Hub:
         for client in group:
             client.offer(event)
         if _SENT_DIRECT[0]:  # counted in a plain int per client, published once per event
-            _SENT_LIVE.inc(_SENT_DIRECT[0])
+            metrics.SENT_LIVE.inc(_SENT_DIRECT[0])
             _SENT_DIRECT[0] = 0
         # One sample per event and process: when the last direct write of it was done.
         metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - event.occurred_ts))

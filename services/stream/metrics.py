@@ -17,6 +17,9 @@ DISCONNECTS = Counter(
 )
 EVENTS_SENT = Counter("atas_stream_events_sent_total", "Events written to SSE clients, by path (live, replay)",
                       ["path"])
+# Bound once: labels() on the per-write path costs at thousands of clients.
+SENT_LIVE = EVENTS_SENT.labels("live")
+SENT_REPLAY = EVENTS_SENT.labels("replay")
 RESUMES = Counter(
     "atas_stream_resumes_total",
     "Catch-ups from history (at connect with Last-Event-ID, or after a Pub/Sub outage), by outcome "

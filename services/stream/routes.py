@@ -28,12 +28,10 @@ from atas.common.logging import get_logger
 from . import metrics
 from .fanout import Client
 from .history import Event, Pos, parse_pos
-from .sse import END_SHUTDOWN, END_SLOW, END_TOKEN, HEARTBEAT, end_frame, id_frame, reset_frame, retry_frame
+from .sse import END_SLOW, END_TOKEN, HEARTBEAT, end_frame, id_frame, reset_frame, retry_frame
 from .state import STREAM, StreamState
 
 log = get_logger(__name__)
-
-_SENT_LIVE = metrics.EVENTS_SENT.labels("live")  # bound once: labels() per write costs at scale
 
 # Below this many buffered bytes a write cannot block (asyncio pauses writing at 64 KiB), so it
 # needs no timeout; skipping the timer per write matters at thousands of clients.
@@ -228,7 +226,7 @@ class Session:
             cursor = client.filtered  # filtered-out events are "had" too: the resume point moves on
         client.cursor = cursor
         if frames:
-            _SENT_LIVE.inc(len(frames))
+            metrics.SENT_LIVE.inc(len(frames))
         return frames
 
     async def _sync(self) -> None:
@@ -288,7 +286,7 @@ class Session:
                 client.cursor = cursor
                 self.sent = cursor
                 await self._write(b"".join(frames))
-                metrics.EVENTS_SENT.labels("replay").inc(len(frames))
+                metrics.SENT_REPLAY.inc(len(frames))
             if len(page.events) < self.cfg.replay_page:
                 break
         client.cursor = cursor
@@ -339,5 +337,3 @@ class Session:
                 transport.close()  # flushes what is buffered (the final event) if the peer reads
         return reason
 
-
-__all__ = ["stream", "END_SHUTDOWN"]
