@@ -50,7 +50,7 @@ async def _lifecycle(app: web.Application):
         state.fanout = RedisFanout(settings.redis, state.hub, channel_prefix=cfg.redis_prefix + "c:",
                                    linger_s=cfg.unsubscribe_linger_s)
     else:
-        state.history = MemoryHistory(max_len=cfg.history_max_len, publish=state.hub.deliver)
+        state.history = MemoryHistory(max_len=cfg.history_max_len, publish=state.hub.deliver_one)
         state.fanout = MemoryFanout(state.hub)
     state.hub.fanout = state.fanout
     state.ticker = asyncio.create_task(state.hub.tick(cfg.heartbeat_s), name="stream-ticker")

@@ -139,7 +139,7 @@ class Bridge:
             self._pending_ts = min(stamps) / 1000 if stamps else time.time()
         self._uncommitted = True
         for project, event in local:
-            self._hub.deliver(project, event)
+            self._hub.deliver_one(project, event)
             metrics.BRIDGE_EVENTS.labels("local_only").inc()
 
     async def _flush(self) -> None:
@@ -155,7 +155,7 @@ class Bridge:
                             error=f"{type(exc).__name__}: {exc}", pending=len(batch))
                 # The first failure of an outage: this batch was not delivered locally yet.
                 for project, _eid, payload in batch:
-                    self._hub.deliver(project, Event(None, payload))
+                    self._hub.deliver_one(project, Event(None, payload))
                     metrics.BRIDGE_EVENTS.labels("local_only").inc()
             self._retry_at = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, self.RETRY_MAX_S)

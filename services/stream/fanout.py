@@ -67,7 +67,7 @@ class Client:
         self.ended: str | None = None
         # Set by the writer once streaming: writes an in-order event straight to the socket from the
         # fan-out loop (True) or declines (False: it is queued for the writer task instead).
-        self.sink: Callable[[Event], bool] | None = None
+        self.sink: Callable[[list[Event]], bool] | None = None
         # Event ids delivered without a position (Redis down): when the same events come back from
         # history, only their position is sent, not the event again.
         self.unpositioned: set[str] = set()
@@ -77,20 +77,27 @@ class Client:
         return ((self.execution is None or event.execution_id == self.execution)
                 and (self.types is None or event.type in self.types))
 
-    def offer(self, event: Event) -> None:
+    def offer(self, events: list[Event]) -> None:
+        """Take events of this client's project, in order (several when the fan-out is behind)."""
         if self.ended is not None:
             return
-        if not self.matches(event):
-            if event.pos is not None and event.pos > self.filtered:
-                self.filtered = event.pos
+        if self.execution is not None or self.types is not None:
+            matched = []
+            for event in events:
+                if self.matches(event):
+                    matched.append(event)
+                elif event.pos is not None and event.pos > self.filtered:
+                    self.filtered = event.pos
+            if not matched:
+                return
+            events = matched
+        if not self.queue and self.sink is not None and self.sink(events):
+            _SENT_DIRECT[0] += len(events)
             return
-        if not self.queue and self.sink is not None and self.sink(event):
-            _SENT_DIRECT[0] += 1
-            return
-        if len(self.queue) >= self.limit:
+        if len(self.queue) + len(events) > self.limit:
             self.end(END_SLOW)
             return
-        self.queue.append(event)
+        self.queue.extend(events)
         self.wake()
 
     def end(self, reason: str) -> None:
@@ -135,19 +142,28 @@ class Hub:
         self.epoch = 0  # bumped when live delivery may have had a hole (Pub/Sub lost)
         self._inflight: dict[tuple, asyncio.Future] = {}
 
-    def deliver(self, project: str, event: Event) -> None:
-        if event.pos is not None and project in self.tails and event.pos > self.tails[project]:
-            self.tails[project] = event.pos
+    def deliver(self, project: str, events: list[Event]) -> None:
+        """Hand events of one project, in order, to its local clients.
+
+        Several events at once when the Pub/Sub reader is behind: each client then gets them in
+        one socket write, so a backlog costs fewer writes per event instead of growing.
+        """
+        last = events[-1].pos
+        if last is not None and project in self.tails and last > self.tails[project]:
+            self.tails[project] = last
         group = self.clients.get(project)
         if not group:
             return
         for client in group:
-            client.offer(event)
-        if _SENT_DIRECT[0]:  # counted in a plain int per client, published once per event
+            client.offer(events)
+        if _SENT_DIRECT[0]:  # counted in a plain int per client, published once per call
             metrics.SENT_LIVE.inc(_SENT_DIRECT[0])
             _SENT_DIRECT[0] = 0
-        # One sample per event and process: when the last direct write of it was done.
-        metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - event.occurred_ts))
+        # One sample per call and process: the oldest event's time to its last direct write.
+        metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - events[0].occurred_ts))
+
+    def deliver_one(self, project: str, event: Event) -> None:
+        self.deliver(project, [event])
 
     def learn_tail(self, project: str, pos: Pos, epoch: int, was_active: bool) -> None:
         """Record a tail read made while subscribed, unless live delivery was interrupted since."""
@@ -168,15 +184,17 @@ class Hub:
             fut.add_done_callback(lambda _f: self._inflight.pop(key, None))
         return await asyncio.shield(fut)
 
-    def deliver_published(self, project: str, message: bytes) -> None:
+    def deliver_published(self, project: str, messages: list[bytes]) -> None:
         if project not in self.clients:
             return
-        try:
-            event = Event.from_published(message)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            log.error("unreadable publication dropped", project=project, error=str(exc))
-            return
-        self.deliver(project, event)
+        events = []
+        for message in messages:
+            try:
+                events.append(Event.from_published(message))
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                log.error("unreadable publication dropped", project=project, error=str(exc))
+        if events:
+            self.deliver(project, events)
 
     def add(self, client: Client) -> None:
         """Count the client at once (the connection cap is exact), before any await."""
@@ -228,7 +246,7 @@ class Hub:
 
 
 class MemoryFanout:
-    """In-process engine: the history calls ``hub.deliver`` itself; always live."""
+    """In-process engine: the history calls ``hub.deliver_one`` itself; always live."""
 
     def __init__(self, hub: Hub):
         self._hub = hub
@@ -256,25 +274,81 @@ class RespError(Exception):
     """Redis answered with an error reply."""
 
 
-async def read_reply(reader: asyncio.StreamReader):
-    """One RESP2 reply (what a subscribed connection receives: arrays, bulk strings, integers)."""
-    line = await reader.readuntil(b"\r\n")
-    kind, rest = line[:1], line[1:-2]
+class _Incomplete(Exception):
+    pass
+
+
+def _parse(buf: bytes, pos: int):
+    """One RESP2 value at ``buf[pos:]`` → (value, next position); raises _Incomplete."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete
+    kind, line, pos = buf[pos:pos + 1], buf[pos + 1:end], end + 2
     if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [await read_reply(reader) for _ in range(n)]
-    if kind == b"$":
-        n = int(rest)
+        n = int(line)
         if n < 0:
-            return None
-        return (await reader.readexactly(n + 2))[:-2]
+            return None, pos
+        items = []
+        for _ in range(n):
+            item, pos = _parse(buf, pos)
+            items.append(item)
+        return items, pos
+    if kind == b"$":
+        n = int(line)
+        if n < 0:
+            return None, pos
+        if len(buf) < pos + n + 2:
+            raise _Incomplete
+        return buf[pos:pos + n], pos + n + 2
     if kind == b":":
-        return int(rest)
+        return int(line), pos
     if kind == b"+":
-        return rest
+        return line, pos
     if kind == b"-":
-        raise RespError(rest.decode(errors="replace"))
+        return RespError(line.decode(errors="replace")), pos
     raise RespError(f"unexpected reply type {kind!r}")
+
+
+def parse_replies(buf: bytes) -> tuple[list, bytes]:
+    """Every complete RESP2 reply in ``buf``, and the incomplete rest."""
+    out, pos = [], 0
+    while pos < len(buf):
+        try:
+            value, pos = _parse(buf, pos)
+        except _Incomplete:
+            break
+        out.append(value)
+    return out, buf[pos:]
+
+
+class _PubSubProtocol(asyncio.Protocol):
+    """The socket of the Pub/Sub connection: hands every complete reply of a read to the fan-out
+    at once (a backlog is delivered in batches, not one message per wake-up)."""
+
+    def __init__(self, on_replies: Callable[[list], None]):
+        self._on_replies = on_replies
+        self._rest = b""
+        self.transport: asyncio.Transport | None = None
+        self.last_rx = time.monotonic()
+        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        replies, self._rest = parse_replies(self._rest + data if self._rest else data)
+        if replies:
+            try:
+                self._on_replies(replies)
+            except Exception as exc:  # noqa: BLE001 - a bad reply must not kill the event loop's callback
+                self.transport.abort()
+                if not self.closed.done():
+                    self.closed.set_exception(exc)
+
+    def connection_lost(self, exc) -> None:
+        if not self.closed.done():
+            self.closed.set_result(exc)
 
 
 def encode_command(*parts: str | bytes) -> bytes:
@@ -310,7 +384,7 @@ class RedisFanout:
         self._active: set[str] = set()
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._lingering: dict[str, asyncio.TimerHandle] = {}
-        self._writer: asyncio.StreamWriter | None = None
+        self._conn: _PubSubProtocol | None = None
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self.connected = asyncio.Event()
@@ -341,7 +415,7 @@ class RedisFanout:
             handle.cancel()
         if project in self._active:
             return True
-        if self._writer is None:
+        if self._conn is None:
             return False  # down: the connection loop subscribes every watched project when it is back
         if project not in self._subscribed:
             self._send_subscribe([project])
@@ -368,8 +442,8 @@ class RedisFanout:
         return self._prefix + project
 
     def _send(self, data: bytes) -> None:
-        assert self._writer is not None
-        self._writer.write(data)
+        assert self._conn is not None and self._conn.transport is not None
+        self._conn.transport.write(data)
 
     def _send_subscribe(self, projects: list[str]) -> None:
         self._send(encode_command("SUBSCRIBE", *(self._channel(p) for p in projects)))
@@ -383,7 +457,7 @@ class RedisFanout:
             return
         self._active.discard(project)
         self._hub.forget(project)
-        if project in self._subscribed and self._writer is not None:
+        if project in self._subscribed and self._conn is not None:
             self._subscribed.discard(project)
             self._send(encode_command("UNSUBSCRIBE", self._channel(project)))
         metrics.SUBSCRIBED.set(len(self._active))
@@ -407,15 +481,17 @@ class RedisFanout:
     async def _run(self) -> None:
         backoff = 0.1
         down_logged = False
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
-            writer = None
+            conn: _PubSubProtocol | None = None
+            pinger = None
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self._settings.host, self._settings.port), self._timeout)
+                _transport, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: _PubSubProtocol(self._on_replies),
+                                           self._settings.host, self._settings.port), self._timeout)
+                self._conn = conn
                 if self._settings.password:
-                    writer.write(encode_command("AUTH", self._settings.password))
-                    await asyncio.wait_for(read_reply(reader), self._timeout)
-                self._writer = writer
+                    self._send(encode_command("AUTH", self._settings.password))  # an error reply drops us
                 wanted = list(self._refs)
                 if wanted:
                     self._send_subscribe(wanted)
@@ -424,28 +500,31 @@ class RedisFanout:
                 log.info("pubsub connected", projects=len(wanted), recovered=down_logged)
                 down_logged = False
                 backoff = 0.1
-                await self._read_loop(reader, writer)
-                raise ConnectionError("connection closed by Redis")
+                pinger = asyncio.create_task(self._ping(conn))
+                exc = await conn.closed
+                raise ConnectionError(f"connection closed: {exc or 'by Redis'}")
             except asyncio.CancelledError:
                 raise
-            except (OSError, TimeoutError, RespError, asyncio.IncompleteReadError, ValueError) as exc:
+            except (OSError, TimeoutError, RespError, ValueError) as exc:
                 if not down_logged:
                     log.warning("pubsub connection lost; local clients will catch up from history "
                                 "when it is back", error=f"{type(exc).__name__}: {exc}")
                     down_logged = True
             finally:
+                if pinger is not None:
+                    pinger.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pinger
                 self._lost()
-                if writer is not None:
-                    writer.close()
-                    with contextlib.suppress(Exception):
-                        await writer.wait_closed()
+                if conn is not None and conn.transport is not None:
+                    conn.transport.abort()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff)
             backoff = min(backoff * 2, self.RECONNECT_MAX_S)
 
     def _lost(self) -> None:
-        was_connected = self._writer is not None
-        self._writer = None
+        was_connected = self._conn is not None
+        self._conn = None
         self.connected.clear()
         self._subscribed.clear()
         self._pending.clear()
@@ -460,25 +539,31 @@ class RedisFanout:
         if was_connected:
             self._hub.on_lost()
 
-    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        pinger = asyncio.create_task(self._ping(writer))
+    def _on_replies(self, replies: list) -> None:
+        """Messages go to the hub in per-project batches; confirmations keep their place in order."""
         plen = len(self._prefix)
-        try:
-            while True:
-                reply = await asyncio.wait_for(read_reply(reader), 2 * self.PING_INTERVAL_S + self._timeout)
-                if not isinstance(reply, list) or not reply:
-                    continue
-                kind = reply[0]
-                if kind == b"message":
-                    self._hub.deliver_published(reply[1][plen:].decode(), reply[2])
-                elif kind == b"subscribe":
-                    self._confirmed(reply[1][plen:].decode())
-        finally:
-            pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pinger
+        batch: dict[str, list[bytes]] = {}
+        for reply in replies:
+            if isinstance(reply, list) and reply and reply[0] == b"message":
+                batch.setdefault(reply[1][plen:].decode(), []).append(reply[2])
+                continue
+            self._flush(batch)
+            if isinstance(reply, RespError):
+                raise reply
+            if isinstance(reply, list) and reply and reply[0] == b"subscribe":
+                self._confirmed(reply[1][plen:].decode())
+        self._flush(batch)
 
-    async def _ping(self, writer: asyncio.StreamWriter) -> None:
+    def _flush(self, batch: dict[str, list[bytes]]) -> None:
+        for project, messages in batch.items():
+            self._hub.deliver_published(project, messages)
+        batch.clear()
+
+    async def _ping(self, conn: _PubSubProtocol) -> None:
+        dead_after = 2 * self.PING_INTERVAL_S + self._timeout
         while True:
             await asyncio.sleep(self.PING_INTERVAL_S)
-            writer.write(encode_command("PING"))
+            if time.monotonic() - conn.last_rx > dead_after:
+                conn.transport.abort()  # half-open: nothing came back, not even PONGs
+                return
+            self._send(encode_command("PING"))

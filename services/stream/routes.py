@@ -172,8 +172,8 @@ class Session:
             finally:
                 client.waiter = None
 
-    def _write_now(self, event: Event) -> bool:
-        """Write a live event from the fan-out loop itself, when that keeps order and cannot block.
+    def _write_now(self, events: list[Event]) -> bool:
+        """Write live events from the fan-out loop itself, when that keeps order and cannot block.
 
         The common case — an idle, caught-up client with an empty socket buffer — then costs one
         ``transport.write`` and no task switch, which is what lets one process serve thousands
@@ -181,18 +181,25 @@ class Session:
         """
         client = self.client
         cursor = client.cursor
-        if client.needs_sync or client.syncing or cursor is None or event.pos is None:
+        if client.needs_sync or client.syncing or cursor is None:
             return False
-        if event.pos <= cursor:
-            return True  # already sent (replayed)
         transport = self.transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size() > _FAST_WRITE_BYTES:
             return False
-        data = id_frame(event.pos) if event.event_id in client.unpositioned else event.frame
-        # The headers went out with the first write; from here on the body is ours to frame.
-        transport.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
-        client.cursor = self.sent = event.pos
-        client.last_write = time.monotonic()
+        frames = []
+        for event in events:
+            if event.pos is None:
+                return False  # not from Pub/Sub: the queue path handles it
+            if event.pos <= cursor:
+                continue  # already sent (replayed)
+            cursor = event.pos
+            frames.append(id_frame(cursor) if event.event_id in client.unpositioned else event.frame)
+        if frames:
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            # The headers went out with the first write; from here on the body is ours to frame.
+            transport.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+            client.cursor = self.sent = cursor
+            client.last_write = time.monotonic()
         return True
 
     def _drain(self) -> list[bytes]:

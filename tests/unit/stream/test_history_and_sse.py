@@ -75,12 +75,12 @@ def test_frames_follow_the_sse_format_and_parse_back():
 
 def test_a_client_is_cut_off_when_its_queue_is_full_and_filters_apply():
     client = Client("demo", execution="e1", types=None, limit=2, cursor=ZERO)
-    client.offer(Event((1, 0), _payload(execution="other")))
+    client.offer([Event((1, 0), _payload(execution="other"))])
     assert not client.queue and client.filtered == (1, 0)
     for i in range(2):
-        client.offer(Event((2, i), _payload()))
+        client.offer([Event((2, i), _payload())])
     assert len(client.queue) == 2 and client.ended is None
-    client.offer(Event((3, 0), _payload()))
+    client.offer([Event((3, 0), _payload())])
     assert client.ended == END_SLOW and not client.queue
 
 
@@ -106,3 +106,18 @@ def test_tail_prints_readable_lines_without_colour_when_not_a_tty(tmp_path):
     text = out.read()
     out.close()
     assert "results.recorded" in text and "RESET" in text and "\033[" not in text
+
+
+def test_the_resp_parser_returns_complete_replies_and_keeps_the_rest():
+    from atas.stream.fanout import RespError, parse_replies
+
+    stream = (b"*3\r\n$9\r\nsubscribe\r\n$3\r\nc:a\r\n:1\r\n"
+              b"*3\r\n$7\r\nmessage\r\n$3\r\nc:a\r\n$5\r\nhello\r\n"
+              b"-ERR nope\r\n"
+              b"*3\r\n$7\r\nmessage\r\n$3\r\nc:a\r\n$10\r\nhal")
+    replies, rest = parse_replies(stream)
+    assert replies[:2] == [[b"subscribe", b"c:a", 1], [b"message", b"c:a", b"hello"]]
+    assert isinstance(replies[2], RespError) and str(replies[2]) == "ERR nope"
+    assert rest.startswith(b"*3\r\n$7\r\nmessage")
+    more, rest = parse_replies(rest + b"f-there\r\n")
+    assert more == [[b"message", b"c:a", b"half-there"]] and rest == b""
