@@ -481,8 +481,10 @@ async def bench(args) -> dict:
                 await asyncio.sleep(0.5)
             say(f"clients read {got} of {expected} event copies")
             rss_loaded = rss_kb(stream.proc.pid)
-            server = server_histogram(await (await http.get(stream.url + "/metrics")).text(),
-                                      "atas_stream_fanout_latency_seconds")
+            metrics_text = await (await http.get(stream.url + "/metrics")).text()
+            server = server_histogram(metrics_text, "atas_stream_fanout_latency_seconds")
+            lag = {k: float(v) for k, v in re.findall(r"^atas_stream_bridge_lag_seconds_(sum|count) (\S+)$",
+                                                      metrics_text, re.M)}
             stop.set()
             await asyncio.gather(watch_task, floor_task)
 
@@ -515,6 +517,8 @@ async def bench(args) -> dict:
                 # the server's own view, event time → written to its last client (bucket bounds)
                 "server_fanout_p50_le_ms": bucket_quantile(server, 0.5),
                 "server_fanout_p99_le_ms": bucket_quantile(server, 0.99),
+                # Kafka record timestamp → Redis write, mean per bridge batch
+                "bridge_lag_avg_ms": round(1000 * lag["sum"] / lag["count"], 1) if lag.get("count") else None,
                 "rss_mb": round(rss_loaded / 1024, 1),
                 "kb_per_conn": round((rss_after - rss_before) / max(ready, 1), 1),
                 "delivered": round(received / expected, 4) if expected else None,
