@@ -52,8 +52,9 @@ def setup(app: web.Application, config: QueryConfig | None = None) -> None:
         tasks = []
         stop = asyncio.Event()
         if engines.pool is not None:
+            # After each round, the per-test answers of the projects it touched are invalidated.
             worker = RollupWorker(engines.pool, interval_s=config.rollup_interval_ms / 1000,
-                                  batch=config.rollup_batch)
+                                  batch=config.rollup_batch, on_applied=state.cache.rollups_applied)
             tasks.append(asyncio.create_task(worker.run(stop), name="atas-query-rollups"))
         if config.invalidation_enabled:
             invalidator = Invalidator(engines.bus, state.cache)

@@ -12,6 +12,10 @@ business rules and never asks which engine it has:
 * entries that events make stale (an execution's status, the first pages of recent executions)
   carry a *fence*: the invalidator bumps it, and a filler that read the database before the
   invalidation finds the fence moved and does not store its stale answer;
+* answers that read the per-test rollups (overview, ``tests/*``) are stamped with their project's
+  *rollup generation*, read before the aggregation; the rollup worker replaces the generation after
+  each round that applied deltas of the project, so an answer computed before that commit (which
+  may count an execution's results but not yet list its tests) is no longer served, on any pod;
 * a *near cache* keeps what a process just read for at most ``QUERY_NEAR_CACHE_MS`` (not for
   fenced entries), so hot dashboards cost one Redis GET per key, process and interval;
 * any Redis error opens a short circuit (``redis_retry_ms``): requests are answered from PostgreSQL
@@ -40,6 +44,9 @@ from . import metrics
 log = get_logger(__name__)
 
 PREFIX = "atas:cache:v1"
+# Stamped entries (see rollup_generation_key) hold `token + etag + body`: under keys of their own,
+# so that during a rolling upgrade a pod of the previous version never reads one as `etag + body`.
+STAMPED_PREFIX = f"{PREFIX}:g"
 ETAG_LEN = 16  # hex characters of the stored ETag that precede the body
 Outcome = Literal["hit", "miss", "bypass"]
 
@@ -57,6 +64,7 @@ class Entry:
     ttl_s: int
     field: str | None = None
     fence: str | None = None  # bumped by invalidation; see module docstring
+    generation: str | None = None  # the project's rollup generation key; see rollup_generation_key
 
     @property
     def flight(self) -> str:
@@ -83,8 +91,22 @@ def etag_of(body: bytes) -> str:
 # ------------------------------------------------------------------------------------- keys
 
 
+def rollup_generation_key(project: str) -> str:
+    """The project's rollup generation: a random token the rollup worker replaces after each round
+    that applied deltas of the project (see :meth:`ResponseCache.rollups_applied`).
+
+    Every answer that reads the per-test rollups is stored with the token read *before* its
+    aggregation and is served only while the key still holds that token. A per-project key, rather
+    than deleting the entries, because their keys hold digests of the parameters: finding them would
+    take a SCAN. A fresh random token (not INCR) so that an expired key can never come back with the
+    value of an entry that is still stored.
+    """
+    return f"{PREFIX}:rollups:{project}"
+
+
 def overview_entry(project: str, digest: str, ttl: int) -> Entry:
-    return Entry("overview", f"{PREFIX}:overview:{project}:{digest}", ttl)
+    return Entry("overview", f"{STAMPED_PREFIX}:overview:{project}:{digest}", ttl,
+                 generation=rollup_generation_key(project))
 
 
 def trends_entry(project: str, digest: str, ttl: int) -> Entry:
@@ -92,7 +114,7 @@ def trends_entry(project: str, digest: str, ttl: int) -> Entry:
 
 
 def tests_entry(kind: str, project: str, digest: str, ttl: int) -> Entry:
-    return Entry(kind, f"{PREFIX}:{kind}:{project}:{digest}", ttl)
+    return Entry(kind, f"{STAMPED_PREFIX}:{kind}:{project}:{digest}", ttl, generation=rollup_generation_key(project))
 
 
 def status_key(project: str, execution_id: str) -> str:
@@ -124,6 +146,7 @@ class CacheEngine(Protocol):
     async def lock(self, entry: Entry, ttl_ms: int) -> str | None: ...
     async def unlock(self, entry: Entry, token: str) -> None: ...
     async def invalidate(self, keys: Iterable[str]) -> None: ...
+    async def new_generations(self, keys: Iterable[str]) -> None: ...
 
 
 # Store only if the fence did not move since the filler read it (an invalidation happened meanwhile).
@@ -144,6 +167,20 @@ return 0
 """
 # A fence outlives any fill that could have read the database before the invalidation.
 FENCE_TTL_S = 3600
+# Entries with a `generation` are stored as `token + etag + body`; the token is what the generation
+# key held before the aggregation ran (NO_GENERATION while the key does not exist).
+GENERATION_LEN = 16
+NO_GENERATION = b"0" * GENERATION_LEN
+# A generation key only needs to outlive the entries stamped with it; once it expires those entries
+# are misses (their token differs from NO_GENERATION), so any TTL is correct, a long one is cheaper.
+GENERATION_TTL_S = 86_400
+
+
+def _stamped(value: bytes | None, generation: bytes | None) -> bytes | None:
+    """The entry without its token, or None when it was computed under another generation."""
+    if value is None or value[:GENERATION_LEN] != (generation or NO_GENERATION):
+        return None
+    return value[GENERATION_LEN:]
 
 
 class RedisCacheEngine:
@@ -162,17 +199,27 @@ class RedisCacheEngine:
             raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def get(self, entry: Entry) -> bytes | None:
+        if entry.generation is not None:  # one round trip, like a plain GET
+            value, generation = await self._call("get", self._redis.mget(entry.key, entry.generation))
+            return _stamped(value, generation)
         if entry.field is None:
             return await self._call("get", self._redis.get(entry.key))
         return await self._call("get", self._redis.hget(entry.key, entry.field))
 
     async def fence(self, entry: Entry) -> bytes:
+        if entry.generation is not None:
+            return (await self._call("fence", self._redis.get(entry.generation))) or NO_GENERATION
         if entry.fence is None:
             return b""
         return (await self._call("fence", self._redis.get(entry.fence))) or b""
 
     async def put(self, entry: Entry, value: bytes, fence: bytes | None) -> bool:
         ttl_ms = entry.ttl_s * 1000
+        if entry.generation is not None:
+            # A plain SET: an answer stamped with a generation that was replaced meanwhile is stored
+            # but never served (get compares the stamp), so no compare-and-set is needed here.
+            await self._call("put", self._redis.set(entry.key, (fence or NO_GENERATION) + value, px=ttl_ms))
+            return True
         if entry.fence is None:
             if entry.field is None:
                 await self._call("put", self._redis.set(entry.key, value, px=ttl_ms))
@@ -205,6 +252,15 @@ class RedisCacheEngine:
             pipe.delete(*keys)
             await self._call("invalidate", pipe.execute())
 
+    async def new_generations(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if not keys:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(key, secrets.token_hex(GENERATION_LEN // 2), ex=GENERATION_TTL_S)
+            await self._call("generation", pipe.execute())
+
 
 class MemoryCacheEngine:
     """In-process entries for ``atas dev`` (no Redis): same contract, bounded LRU, one process.
@@ -218,10 +274,14 @@ class MemoryCacheEngine:
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._groups: dict[str, tuple[float, set[str]]] = {}  # hash key -> (expiry, member slots)
         self._fences: dict[str, int] = {}
+        self._generations: dict[str, int] = {}  # in one process a counter never repeats
 
     @staticmethod
     def _slot(entry: Entry) -> str:
         return entry.flight
+
+    def _generation(self, key: str) -> bytes:
+        return b"%016x" % self._generations.get(key, 0)
 
     async def get(self, entry: Entry) -> bytes | None:
         slot = self._slot(entry)
@@ -232,9 +292,13 @@ class MemoryCacheEngine:
             del self._data[slot]
             return None
         self._data.move_to_end(slot)
+        if entry.generation is not None:
+            return _stamped(item[1], self._generation(entry.generation))
         return item[1]
 
     async def fence(self, entry: Entry) -> bytes:
+        if entry.generation is not None:
+            return self._generation(entry.generation)
         if entry.fence is None:
             return b""
         return str(self._fences.get(entry.fence, 0)).encode()
@@ -242,6 +306,8 @@ class MemoryCacheEngine:
     async def put(self, entry: Entry, value: bytes, fence: bytes | None) -> bool:
         if entry.fence is not None and await self.fence(entry) != (fence or b""):
             return False
+        if entry.generation is not None:
+            value = (fence or NO_GENERATION) + value
         now = time.monotonic()
         expires = now + entry.ttl_s
         if entry.field is not None:
@@ -272,6 +338,10 @@ class MemoryCacheEngine:
                 for slot in group[1]:
                     self._data.pop(slot, None)
 
+    async def new_generations(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._generations[key] = self._generations.get(key, 0) + 1
+
 
 # ------------------------------------------------------------------------------ the cache
 
@@ -301,8 +371,10 @@ class ResponseCache:
         # The near cache: what this process just read from (or stored in) the shared cache, kept
         # for at most `near_ms`, so a dashboard polled by many users costs one Redis GET per key per
         # process per `near_ms`. Never for fenced entries (status, recent pages): an invalidation
-        # handled by another pod must be visible at once.
-        self._near: OrderedDict[str, tuple[float, Cached]] = OrderedDict()
+        # handled by another pod must be visible at once. Entries stamped with a rollup generation
+        # may be: a new generation drops this process's copies at once (rollups_applied) and those
+        # of other processes within `near_ms` (they expire), which bounds the added staleness.
+        self._near: OrderedDict[str, tuple[float, Cached, str | None]] = OrderedDict()
         self.aggregations: dict[str, int] = {}
 
     def _near_get(self, entry: Entry) -> Cached | None:
@@ -319,7 +391,8 @@ class ResponseCache:
     def _near_put(self, entry: Entry, body: bytes, etag: str) -> None:
         if self._near_s <= 0 or entry.fence is not None:
             return
-        self._near[entry.flight] = (time.monotonic() + min(self._near_s, entry.ttl_s), Cached(body, etag, "hit"))
+        self._near[entry.flight] = (time.monotonic() + min(self._near_s, entry.ttl_s), Cached(body, etag, "hit"),
+                                    entry.generation)
         self._near.move_to_end(entry.flight)
         if len(self._near) > self.NEAR_MAX_ENTRIES:
             self._near.popitem(last=False)
@@ -432,3 +505,18 @@ class ResponseCache:
     async def invalidate(self, keys: Iterable[str]) -> None:
         """Drop entries (and bump their fences); raises :class:`CacheUnavailable` so the caller can retry."""
         await self.engine.invalidate(keys)
+
+    async def rollups_applied(self, projects: Iterable[str]) -> None:
+        """The rollup worker committed deltas of ``projects``: stop serving their per-test answers.
+
+        Called after the worker's commit. Every answer stamped with the previous generation was
+        aggregated (or at least started) before this call, so it may predate the commit; those
+        computed from now on read the committed rollups. Raises :class:`CacheUnavailable` (Redis
+        down) so the worker can retry: until then, those answers stay servable up to their TTL.
+        """
+        keys = {rollup_generation_key(p) for p in projects}
+        try:
+            await self.engine.new_generations(keys)
+        finally:
+            for flight in [f for f, item in self._near.items() if item[2] in keys]:
+                del self._near[flight]

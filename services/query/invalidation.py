@@ -5,7 +5,10 @@ gives each event to one of them, and since the cache is shared (Redis) one delet
 An event names an execution: its cached status and its project's cached first pages of recent
 executions are dropped (and their fences bumped, so a fill racing with the event cannot store the
 older answer). Offsets are committed only after the deletion succeeded: if Redis is unreachable the
-batch is retried, never skipped. Overview, trends and per-test lists are left to their TTLs.
+batch is retried, never skipped. Trends are left to their TTL; the per-test answers (overview,
+``tests/*``) are invalidated by the rollup worker instead, once it has applied an ingest batch
+(``ResponseCache.rollups_applied``): an event arrives before the rollups have that batch, so
+invalidating them here would only let the same partial answer be cached again.
 
 The same code runs over the in-process ``MemoryBus`` and cache engine in ``atas dev``.
 """

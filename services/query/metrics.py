@@ -32,3 +32,8 @@ ROLLUP_SECONDS = Histogram(
     "atas_query_rollup_round_seconds", "Duration of rollup worker rounds that applied deltas",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+ROLLUP_INVALIDATIONS = Counter(
+    "atas_query_rollup_invalidations_total",
+    "Projects whose cached per-test answers (overview, tests/*) a rollup round made stale and the "
+    "worker then invalidated (one per project and round)",
+)

@@ -123,3 +123,41 @@ async def test_near_cache_serves_recent_reads_but_never_event_invalidated_entrie
     await engine.invalidate([overview.key, status.key])  # e.g. evicted or invalidated elsewhere
     assert (await cache.fetch(overview, body)).outcome == "hit"  # this process still has it, briefly
     assert (await cache.fetch(status, body)).outcome == "miss"  # status always asks the shared cache
+
+
+async def test_a_rollup_round_invalidates_per_test_answers_and_this_process_near_copies():
+    engine = c.MemoryCacheEngine()
+    cache = c.ResponseCache(engine, near_ms=60_000)
+    overview, failing = c.overview_entry("demo", "k", 60), c.tests_entry("tests_failing", "demo", "k", 120)
+    trends, other = c.trends_entry("demo", "k", 300), c.overview_entry("other", "k", 60)
+    answers = iter(range(100))
+
+    async def body() -> bytes:
+        return b"%d" % next(answers)
+
+    for entry in (overview, failing, trends, other):
+        await cache.fetch(entry, body)
+        assert (await cache.fetch(entry, body)).outcome == "hit"
+    await cache.rollups_applied(["demo"])  # the worker committed deltas of project demo
+    assert (await cache.fetch(overview, body)).outcome == "miss"  # not even this process's near copy
+    assert (await cache.fetch(failing, body)).outcome == "miss"
+    assert (await cache.fetch(trends, body)).outcome == "hit"  # trends read no rollup
+    assert (await cache.fetch(other, body)).outcome == "hit"
+
+
+async def test_an_overview_aggregated_before_a_rollup_round_is_not_served_after_it():
+    engine = c.MemoryCacheEngine()
+    cache = c.ResponseCache(engine, near_ms=0)
+    entry = c.overview_entry("demo", "k", 60)
+
+    async def partial() -> bytes:
+        await cache.rollups_applied(["demo"])  # the worker commits while the database is read
+        return b'{"top_failing_tests":[]}'
+
+    async def complete() -> bytes:
+        return b'{"top_failing_tests":["t"]}'
+
+    assert (await cache.fetch(entry, partial)).body == b'{"top_failing_tests":[]}'  # answered once
+    assert await engine.get(entry) is None  # but never served from the cache
+    assert (await cache.fetch(entry, complete)).outcome == "miss"
+    assert (await cache.fetch(entry, complete)).outcome == "hit"
