@@ -13,7 +13,7 @@ that travels ingest → PostgreSQL outbox → relay → Kafka → bridge → Red
 Clients: ``--probes`` (100) read every event as it arrives, in a process of their own; their
 receive times are the latency samples. The others (``--workers`` processes) also receive every
 event — the server writes each event to each socket all the same — but read only every
-``--lazy-ms`` (500), so that on a small machine the clients' own CPU does not become the
+``--lazy-ms`` (2000), so that on a small machine the clients' own CPU does not become the
 measurement. ``--lazy-ms 0`` makes every client an eager reader.
 
 Reported (last stdout line, one JSON object):
@@ -393,7 +393,11 @@ async def bench(args) -> dict:
     proc_env.pop("DB_USER", None)
     proc_env.pop("DB_PASSWORD", None)
     logs = Path(tempfile.mkdtemp(prefix="atas-bench-stream-logs-"))
-    stream = ServiceProcess(["serve", "stream"], proc_env, logs, "stream")
+    # --bridge-process: the Kafka→Redis bridge runs in a stream process of its own that serves no
+    # clients (STREAM_BRIDGE_ENABLED=false on the one that does), as a deployment would split them.
+    stream = ServiceProcess(["serve", "stream"], {**proc_env, "STREAM_BRIDGE_ENABLED": "false"}
+                            if args.bridge_process else proc_env, logs, "stream")
+    bridge = ServiceProcess(["serve", "stream"], proc_env, logs, "bridge") if args.bridge_process else stream
     ingest = ServiceProcess(["serve", "ingest"], proc_env, logs, "ingest")
     workers: list[subprocess.Popen] = []
     token = mint_token(secret, subject="bench", scopes=["ingest:write", "stream:read"], projects=[PROJECT],
@@ -401,10 +405,10 @@ async def bench(args) -> dict:
     redis_settings = RedisSettings(host=env["REDIS_HOST"], port=int(env.get("REDIS_PORT", "6379")),
                                    password=env.get("REDIS_PASSWORD"))
     try:
-        await asyncio.gather(asyncio.to_thread(stream.wait_healthy, 60), asyncio.to_thread(ingest.wait_healthy, 60))
+        await asyncio.gather(*(asyncio.to_thread(p.wait_healthy, 60) for p in {stream, bridge, ingest}))
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(60):
-                while "atas_stream_bridge_assigned 1.0" not in await (await http.get(stream.url + "/metrics")).text():
+                while "atas_stream_bridge_assigned 1.0" not in await (await http.get(bridge.url + "/metrics")).text():
                     await asyncio.sleep(0.2)
             rss_before = rss_kb(stream.proc.pid)
             say(f"stream pid {stream.proc.pid}: {rss_before / 1024:.1f} MB before clients; logs in {logs}")
@@ -483,8 +487,9 @@ async def bench(args) -> dict:
             rss_loaded = rss_kb(stream.proc.pid)
             metrics_text = await (await http.get(stream.url + "/metrics")).text()
             server = server_histogram(metrics_text, "atas_stream_fanout_latency_seconds")
+            bridge_text = await (await http.get(bridge.url + "/metrics")).text()
             lag = {k: float(v) for k, v in re.findall(r"^atas_stream_bridge_lag_seconds_(sum|count) (\S+)$",
-                                                      metrics_text, re.M)}
+                                                      bridge_text, re.M)}
             stop.set()
             await asyncio.gather(watch_task, floor_task)
 
@@ -506,6 +511,7 @@ async def bench(args) -> dict:
             return {
                 "clients": ready,
                 "probes": probes,
+                "bridge_process": args.bridge_process,
                 "events": total,
                 "rate_per_s": args.rate,
                 "e2e_p50_ms": percentile(merged["e2e"], 0.50),
@@ -538,6 +544,7 @@ async def bench(args) -> dict:
                 except OSError:
                     pass
         stream.stop()
+        bridge.stop()
         ingest.stop()
         admin = await asyncpg.connect(base_dsn)
         await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
@@ -554,9 +561,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="bulk client processes (default 2)")
     parser.add_argument("--probes", type=int, default=100,
                         help="clients, in their own process, that read eagerly: the latency samples (default 100)")
-    parser.add_argument("--lazy-ms", type=float, default=500.0,
-                        help="bulk clients read every this many ms, still every event (default 500; 0: eagerly)")
+    parser.add_argument("--lazy-ms", type=float, default=2000.0,
+                        help="bulk clients read every this many ms, still every event (default 2000; 0: eagerly)")
     parser.add_argument("--lazy-s", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--bridge-process", action="store_true",
+                        help="run the Kafka→Redis bridge in a second stream process that serves no clients")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--host", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
