@@ -141,7 +141,7 @@ def recent_entry(project: str, digest: str, ttl: int) -> Entry:
 
 class CacheEngine(Protocol):
     async def get(self, entry: Entry) -> bytes | None: ...
-    async def fence(self, entry: Entry) -> bytes: ...
+    async def peek(self, entry: Entry) -> tuple[bytes | None, bytes]: ...
     async def put(self, entry: Entry, value: bytes, fence: bytes | None) -> bool: ...
     async def lock(self, entry: Entry, ttl_ms: int) -> str | None: ...
     async def unlock(self, entry: Entry, token: str) -> None: ...
@@ -206,12 +206,22 @@ class RedisCacheEngine:
             return await self._call("get", self._redis.get(entry.key))
         return await self._call("get", self._redis.hget(entry.key, entry.field))
 
-    async def fence(self, entry: Entry) -> bytes:
+    async def peek(self, entry: Entry) -> tuple[bytes | None, bytes]:
+        """The entry (as :meth:`get`) and the fence or generation token to store a new value under,
+        read together in one round trip."""
         if entry.generation is not None:
-            return (await self._call("fence", self._redis.get(entry.generation))) or NO_GENERATION
+            value, generation = await self._call("peek", self._redis.mget(entry.key, entry.generation))
+            return _stamped(value, generation), generation or NO_GENERATION
         if entry.fence is None:
-            return b""
-        return (await self._call("fence", self._redis.get(entry.fence))) or b""
+            return await self.get(entry), b""
+        if entry.field is None:
+            value, fence = await self._call("peek", self._redis.mget(entry.key, entry.fence))
+            return value, fence or b""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hget(entry.key, entry.field)
+            pipe.get(entry.fence)
+            value, fence = await self._call("peek", pipe.execute())
+        return value, fence or b""
 
     async def put(self, entry: Entry, value: bytes, fence: bytes | None) -> bool:
         ttl_ms = entry.ttl_s * 1000
@@ -295,6 +305,9 @@ class MemoryCacheEngine:
         if entry.generation is not None:
             return _stamped(item[1], self._generation(entry.generation))
         return item[1]
+
+    async def peek(self, entry: Entry) -> tuple[bytes | None, bytes]:
+        return await self.get(entry), await self.fence(entry)
 
     async def fence(self, entry: Entry) -> bytes:
         if entry.generation is not None:
@@ -486,7 +499,12 @@ class ResponseCache:
                 token = None
                 break
         try:
-            fence = await self.engine.fence(entry)
+            # With the lock held, look again: a holder on another pod may have stored the value and
+            # released its lock between our first read and our lock (the entry would otherwise be
+            # aggregated twice). The same round trip reads the token a new value is stored under.
+            value, fence = await self.engine.peek(entry)
+            if value is not None:
+                return Cached(value[ETAG_LEN:], value[:ETAG_LEN].decode(), "miss")
             body = await self._compute(entry, compute)
             etag = etag_of(body)
             try:

@@ -161,3 +161,19 @@ async def test_an_overview_aggregated_before_a_rollup_round_is_not_served_after_
     assert await engine.get(entry) is None  # but never served from the cache
     assert (await cache.fetch(entry, complete)).outcome == "miss"
     assert (await cache.fetch(entry, complete)).outcome == "hit"
+
+
+async def test_a_pod_that_wins_the_lock_after_another_stored_the_value_does_not_aggregate_again():
+    engine = c.MemoryCacheEngine()  # shared by two "pods"
+    pod_a, pod_b = c.ResponseCache(engine), c.ResponseCache(engine)
+    entry = c.overview_entry("demo", "k", 60)
+
+    async def body() -> bytes:
+        return b'{"n":1}'
+
+    await pod_a.fetch(entry, body)
+    # Pod B read the cache just before pod A stored its value, and takes the lock just after pod A
+    # released it: it must look again rather than run the aggregation a second time.
+    got = await pod_b._fill(entry, body)
+    assert (got.outcome, got.body) == ("miss", b'{"n":1}')
+    assert pod_b.aggregations == {}
