@@ -9,6 +9,9 @@ RESULTS_INGESTED = Counter(
     "atas_ingest_results_total", "Results stored, by status", ["status"])
 RESULTS_DUPLICATE = Counter(
     "atas_ingest_results_duplicate_total", "Results sent again (retries) and not stored twice")
+STATUS_REDERIVED = Counter(
+    "atas_ingest_status_rederived_total",
+    "Derived execution statuses that results arriving after finish changed (each emits execution.finished)")
 BATCH_SIZE = Histogram(
     "atas_ingest_batch_size", "Results per accepted batch request",
     buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000))

@@ -79,7 +79,9 @@ def fragment(config: IngestConfig) -> dict:
                 "tags": ["ingest"], "operationId": "addResults", "summary": "add a batch of results",
                 "description": f"1..{config.max_batch} results. A result already stored (same test_id and "
                                "attempt, or same id) counts as a duplicate and is not stored again. Results "
-                               "sent after finish are stored and counted.",
+                               "sent after finish are stored and counted; if the execution's status was "
+                               "derived (finish without `status`) it is derived again, and a change emits "
+                               "another `execution.finished` event.",
                 "parameters": [_ID_PARAM],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": refs["ResultBatch"]}}},
                 "responses": {"200": _json(refs["BatchAccepted"], "stored"),
@@ -87,7 +89,12 @@ def fragment(config: IngestConfig) -> dict:
             }},
             "/v1/executions/{id}/finish": {"post": {
                 "tags": ["ingest"], "operationId": "finishExecution", "summary": "finish an execution",
-                "description": "Idempotent. The body may be empty: the status is then derived from the results.",
+                "description": "Idempotent. Without `status` (the body may be empty) the status is derived "
+                               "from the final attempt of each test: any test whose last attempt failed → "
+                               "failed, else any whose last attempt errored → error, else passed (a test that "
+                               "passed on retry does not fail the run). A derived status follows results that "
+                               "arrive later; an explicit one never changes. Sending the derived status "
+                               "explicitly pins it; a different one is a 409.",
                 "parameters": [_ID_PARAM],
                 "requestBody": {"required": False, "content": {"application/json": {"schema": refs["ExecutionFinish"]}}},
                 "responses": {"200": _json(refs["Execution"], "finished (or already was)"),
