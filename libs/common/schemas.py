@@ -90,8 +90,10 @@ class ResultBatch(_Strict):
 
 
 class ExecutionFinish(_Strict):
-    """``POST /v1/executions/{id}/finish``. Without ``status`` the server derives it from the
-    counters: any failure → failed, else any error → error, else passed."""
+    """``POST /v1/executions/{id}/finish``. Without ``status`` the server derives it from the final
+    attempt of each test: any failed → failed, else any error → error, else passed (a test that
+    passed on a retry does not fail the run). A derived status follows results sent after finish;
+    an explicit one never changes."""
 
     status: FinalStatus | None = None
     finished_at: Timestamp | None = None  # default: when the server receives the request
