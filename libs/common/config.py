@@ -106,6 +106,22 @@ class EnvReader:
             return default
         return value
 
+    _TRUE = ("1", "true", "yes", "on")
+    _FALSE = ("0", "false", "no", "off")
+
+    def bool(self, name: str, default: bool) -> bool:
+        """A switch: true/false, 1/0, yes/no, on/off (any case)."""
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        value = raw.strip().lower()
+        if value in self._TRUE:
+            return True
+        if value in self._FALSE:
+            return False
+        self.problems.append(f"{name} must be true or false (or 1/0, on/off, yes/no), got {raw!r}")
+        return default
+
     def float(self, name: str, default: float, *, lo: float = 0.0) -> float:
         raw = self.env.get(name)
         if raw is None or raw.strip() == "":

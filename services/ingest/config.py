@@ -56,7 +56,7 @@ class IngestConfig(msgspec.Struct, frozen=True):
             relay_linger_s=e.float("INGEST_RELAY_LINGER_SECONDS", 0.02, lo=0.0),
             relay_backoff_max_s=e.float("INGEST_RELAY_BACKOFF_MAX_SECONDS", 30.0, lo=0.1),
             relay_publish_timeout_s=e.float("INGEST_RELAY_PUBLISH_TIMEOUT_SECONDS", 15.0, lo=0.1),
-            relay_enabled=bool(e.int("INGEST_RELAY_ENABLED", 1, lo=0, hi=1)),
+            relay_enabled=e.bool("INGEST_RELAY_ENABLED", True),
             partition_interval_s=e.float("INGEST_PARTITION_INTERVAL_SECONDS", 86_400.0, lo=1.0),
         )
         if e.problems:

@@ -63,7 +63,7 @@ def load_query_config(env: Mapping[str, str] | None = None) -> QueryConfig:
         memory_cache_entries=e.int("QUERY_MEMORY_CACHE_ENTRIES", 10_000, lo=1),
         rollup_interval_ms=e.int("QUERY_ROLLUP_INTERVAL_MS", 500, lo=10, hi=600_000),
         rollup_batch=e.int("QUERY_ROLLUP_BATCH", 1000, lo=1, hi=100_000),
-        invalidation_enabled=(e.str("QUERY_INVALIDATION", "on") or "on").lower() not in ("off", "0", "false"),
+        invalidation_enabled=e.bool("QUERY_INVALIDATION", True),
     )
     if config.default_range_days > config.max_range_days:
         e.problems.append(f"QUERY_DEFAULT_RANGE_DAYS ({config.default_range_days}) must not exceed "

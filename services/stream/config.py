@@ -57,9 +57,7 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
 def load_config(env: Mapping[str, str] | None = None) -> StreamConfig:
     """Read ``STREAM_*`` variables; raise :class:`ConfigError` naming each bad one."""
     e = EnvReader(os.environ if env is None else env)
-    bridge_raw = (e.str("STREAM_BRIDGE_ENABLED", "true") or "true").lower()
-    if bridge_raw not in ("true", "false", "1", "0", "yes", "no"):
-        e.problems.append(f"STREAM_BRIDGE_ENABLED must be true or false, got {bridge_raw!r}")
+    bridge_enabled = e.bool("STREAM_BRIDGE_ENABLED", True)
     config = StreamConfig(
         history_max_len=e.int("STREAM_HISTORY_MAX_LEN", 10_000, lo=1, hi=10_000_000),
         history_ttl_s=e.int("STREAM_HISTORY_TTL_SECONDS", 86_400, lo=1),
@@ -75,7 +73,7 @@ def load_config(env: Mapping[str, str] | None = None) -> StreamConfig:
         unsubscribe_linger_s=e.float("STREAM_UNSUBSCRIBE_LINGER_SECONDS", 30.0),
         bridge_group=e.str("STREAM_BRIDGE_GROUP", "atas-stream-bridge") or "atas-stream-bridge",
         bridge_batch=e.int("STREAM_BRIDGE_BATCH", 500, lo=1, hi=10_000),
-        bridge_enabled=bridge_raw in ("true", "1", "yes"),
+        bridge_enabled=bridge_enabled,
         redis_prefix=e.str("STREAM_REDIS_PREFIX", "atas:stream:") or "atas:stream:",
     )
     if e.problems:

@@ -64,3 +64,11 @@ def test_pool_bounds_are_checked():
     with pytest.raises(ConfigError, match="REDIS_POOL_MAX_IDLE"):
         load_settings({**BASE, "DB_URL": "postgresql://h/db", "REDIS_POOL_MAX_ACTIVE": "4",
                        "REDIS_POOL_MAX_IDLE": "8"})
+
+
+def test_switches_accept_the_usual_spellings_and_name_bad_ones():
+    from atas.common.config import EnvReader
+
+    e = EnvReader({"A": "on", "B": "FALSE", "C": "1", "D": "maybe"})
+    assert (e.bool("A", False), e.bool("B", True), e.bool("C", False), e.bool("UNSET", True)) == (True, False, True, True)
+    assert e.bool("D", True) is True and "D must be true or false" in e.problems[0]
