@@ -181,10 +181,13 @@ async def test_a_slow_client_is_cut_off_while_a_fast_one_keeps_receiving(two_pod
                                       f"Authorization: Bearer {tok}\r\n\r\n".encode())
         big = {"accepted": 1, "duplicates": 0, "counts": {}, "totals": {}, "blob": "x" * 60_000}
         exe = str(uuid.uuid4())
-        batch = [envelope("demo", execution=exe, seq=i, data=big) for i in range(150)]
+        # 400 x 60 KB: more than kernel socket buffers can absorb (loopback autotunes the server's
+        # send buffer up to tcp_wmem's max, 4 MB here) and more events than the client queue (200),
+        # so the stalled client is cut whichever limit it reaches first.
+        batch = [envelope("demo", execution=exe, seq=i, data=big) for i in range(400)]
         for i in range(0, len(batch), 10):
             await publish(batch[i:i + 10])
-        got = await fast.read_events(150, timeout=60)
+        got = await fast.read_events(400, timeout=90)
         assert _ids(got) == [e.id for e in batch]
         # the slow one was cut: reading now yields a final `end` event saying why, then EOF
         data = b""
