@@ -236,14 +236,9 @@ async def worker_main(args) -> int:
 
 
 def servers_env() -> tuple[dict[str, str], object | None]:
-    if os.environ.get("DB_URL") and os.environ.get("REDIS_HOST") and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return dict(os.environ), None
-    from atas.common.stack import Stack
+    from atas.common.stack import env_or_private_stack
 
-    stack = Stack(Path(tempfile.mkdtemp(prefix="atas-bench-stream-")))
-    say(f"no stack in the environment; starting a private one in {stack.dir}")
-    env = stack.up()
-    return {**os.environ, **env}, stack
+    return env_or_private_stack("atas-bench-stream")
 
 
 def rss_kb(pid: int) -> int:

@@ -457,3 +457,15 @@ class Stack:
         if pid_alive(pid):
             _say(f"{name}: did not stop within {timeout:.0f}s, killing it")
             os.kill(pid, signal.SIGKILL)
+
+
+def env_or_private_stack(prefix: str) -> tuple[dict[str, str], Stack | None]:
+    """The environment's servers when ``atas stack env`` (or a deployment) exported all three;
+    otherwise a private stack in a new temporary folder (the caller stops it with ``down``)."""
+    if os.environ.get("DB_URL") and os.environ.get("REDIS_HOST") and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return dict(os.environ), None
+    import tempfile
+
+    stack = Stack(Path(tempfile.mkdtemp(prefix=f"{prefix}-")))
+    _say(f"no stack in the environment; starting a private one in {stack.dir}")
+    return {**os.environ, **stack.up()}, stack
