@@ -19,6 +19,11 @@ pick_python() {
 ensure_venv() {
     local extras="${1:-dev}"
     local stamp=".venv/.atas-installed-$extras"
+    # A venv left half-made (e.g. Debian without python3-venv's pip) is rebuilt, not reused.
+    if [ -x .venv/bin/python ] && ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+        say "the virtual environment in .venv is incomplete; recreating it"
+        rm -rf .venv
+    fi
     if [ ! -x .venv/bin/python ]; then
         say "creating virtual environment in .venv"
         "$(pick_python)" -m venv .venv

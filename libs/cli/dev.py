@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     data_dir = (args.data_dir or Path(os.environ.get("ATAS_DATA_DIR") or default_data_dir())).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.setdefault("JWT_SECRET", _dev_secret(data_dir))
+    if not env.get("JWT_SECRET", "").strip():
+        env["JWT_SECRET"] = _dev_secret(data_dir)
     if args.port:
         env["PORT"] = str(args.port)
     stack = None

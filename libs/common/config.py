@@ -137,6 +137,13 @@ class EnvReader:
         return value
 
 
+_LIBPQ_PARAMS = frozenset({"sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "connect_timeout",
+                           "target_session_attrs", "krbsrvname", "gsslib", "host", "port"})
+# JDBC driver options with no meaning for asyncpg; accepted so a URL from the JDBC guide still works.
+_JDBC_IGNORED = frozenset({"ApplicationName", "loginTimeout", "socketTimeout", "connectTimeout", "tcpKeepAlive",
+                           "prepareThreshold", "reWriteBatchedInserts", "sslfactory"})
+
+
 def parse_db_url(url: str, user: str | None = None, password: str | None = None) -> str:
     """Normalise ``DB_URL`` to an asyncpg DSN.
 
@@ -162,18 +169,28 @@ def parse_db_url(url: str, user: str | None = None, password: str | None = None)
     if not db:
         raise ValueError("a database name is required, e.g. postgresql://host:5432/atas")
     # JDBC carries credentials as query parameters (?user=..&password=..); asyncpg wants userinfo.
+    # Other parameters: libpq's are kept, JDBC's `ssl=true` becomes `sslmode=require`, and anything
+    # else is refused by name (asyncpg would pass an unknown one to the server as a setting, and
+    # PostgreSQL would then refuse every connection).
     query_pairs = [p for p in parts.query.split("&") if p]
     kept: list[str] = []
+    keys = {pair.partition("=")[0] for pair in query_pairs}
     for pair in query_pairs:
         key, _, value = pair.partition("=")
-        if key == "user" and user is None:
-            user = unquote(value)
-        elif key == "password" and password is None:
-            password = unquote(value)
-        elif key in ("user", "password"):
+        if key == "user":
+            user = unquote(value) if user is None else user
+        elif key == "password":
+            password = unquote(value) if password is None else password
+        elif key in _LIBPQ_PARAMS:
+            kept.append(pair)
+        elif key == "ssl":
+            if value.lower() == "true" and "sslmode" not in keys:
+                kept.append("sslmode=require")
+        elif key in _JDBC_IGNORED:
             continue
         else:
-            kept.append(pair)
+            raise ValueError(f"unsupported parameter {key!r}; supported: {', '.join(sorted(_LIBPQ_PARAMS))}, "
+                             "and JDBC's ssl=true")
     user = user if user is not None else (unquote(parts.username) if parts.username else None)
     if password is None and parts.password:
         password = unquote(parts.password)

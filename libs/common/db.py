@@ -21,7 +21,6 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.ConnectionFailureError,
     asyncpg.TooManyConnectionsError,
     asyncpg.OperatorInterventionError,
-    asyncpg.InterfaceError,
     asyncpg.exceptions.PostgresConnectionError,
 )
 

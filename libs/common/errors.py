@@ -89,8 +89,9 @@ def decode_json(body: bytes, type_: type[T], *, decoder: msgspec.json.Decoder | 
 async def read_json(request: web.Request, type_: type[T], *,
                     decoder: msgspec.json.Decoder | None = None) -> T:
     """Read the body of a JSON request: checks the content type (415) and size (413) first."""
-    ctype = request.content_type
-    if ctype not in ("application/json", "") and not ctype.endswith("+json"):
+    # aiohttp reports a missing Content-Type as application/octet-stream; a missing header is JSON.
+    ctype = request.content_type if "Content-Type" in request.headers else "application/json"
+    if ctype != "application/json" and not ctype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type must be application/json, got {ctype!r}")
     body = await read_body(request)
@@ -100,10 +101,11 @@ async def read_json(request: web.Request, type_: type[T], *,
 async def read_body(request: web.Request) -> bytes:
     try:
         return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app._client_max_size  # what aiohttp enforced; not on the exception in 3.14
         raise ApiError(413, "payload_too_large",
-                       f"request body exceeds the limit of {exc.max_size} bytes; split it into smaller batches",
-                       details={"max_bytes": exc.max_size}) from None
+                       f"request body exceeds the limit of {limit} bytes; split it into smaller batches",
+                       details={"max_bytes": limit}) from None
 
 
 def parse_query(type_: type[T], request: web.Request) -> T:

@@ -59,7 +59,7 @@ async def warm_pool(client: Redis, settings: RedisSettings) -> None:
     conns = []
     try:
         for _ in range(settings.pool_min_idle):
-            conns.append(await pool.get_connection("PING"))
+            conns.append(await pool.get_connection())
     except Exception as exc:  # noqa: BLE001 - start-up must not fail because Redis is down
         log.warning("redis pool warm-up failed; connections will open on demand", error=str(exc))
     finally:

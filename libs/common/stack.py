@@ -83,6 +83,14 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def _cmdline_has(pid: int, marker: str) -> bool:
+    """Whether process ``pid`` is still what the stack started (its command line names ``marker``)."""
+    try:
+        return marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("ATAS_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "atas" if not os.environ.get("ATAS_CACHE_DIR") else Path(base)
@@ -179,6 +187,8 @@ class Stack:
 
     def _alive(self, info: dict | None) -> bool:
         return bool(info) and pid_alive(info.get("pid")) and port_open(info["port"])
+
+
 
     def _up_postgres(self, info: dict | None, db_url: str | None) -> dict:
         if db_url:
@@ -427,16 +437,16 @@ class Stack:
     def down(self, *, purge: bool = False) -> None:
         state = self.load_state()
         if "kafka" in state:
-            self._stop_pid("Kafka", state["kafka"].get("pid"), timeout=20)
+            self._stop_pid("Kafka", state["kafka"].get("pid"), timeout=20, marker="kafka.Kafka")
         if "redis" in state:
-            self._stop_pid("Redis", state["redis"].get("pid"), timeout=10)
+            self._stop_pid("Redis", state["redis"].get("pid"), timeout=10, marker="redis-server")
         pg = state.get("postgres")
         if pg and not pg.get("external"):
             if pid_alive(pg.get("pid")):
                 _say("PostgreSQL: stopping")
                 subprocess.run([str(Path(pg["bin"]) / "pg_ctl"), "-D", pg["data"], "-m", "fast", "-w", "stop"],
                                **_as_user(pg.get("user")), capture_output=True)
-            self._stop_pid("PostgreSQL", pg.get("pid"), timeout=10, quiet=True)
+            self._stop_pid("PostgreSQL", pg.get("pid"), timeout=10, quiet=True, marker="postgres")
         for name in COMPONENTS:
             state.pop(name, None)
         if purge:
@@ -445,8 +455,13 @@ class Stack:
         elif self.dir.exists():
             self._save_state(state)
 
-    def _stop_pid(self, name: str, pid: int | None, *, timeout: float, quiet: bool = False) -> None:
+    def _stop_pid(self, name: str, pid: int | None, *, timeout: float, quiet: bool = False,
+                  marker: str | None = None) -> None:
         if not pid_alive(pid):
+            return
+        if marker is not None and not _cmdline_has(pid, marker):
+            # After a reboot the recorded pid may belong to an unrelated process: never signal it.
+            _say(f"{name}: pid {pid} is no longer this stack's {name}; nothing to stop")
             return
         if not quiet:
             _say(f"{name}: stopping (pid {pid})")

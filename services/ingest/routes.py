@@ -103,8 +103,9 @@ def _find_nul(value: Any, path: str = "") -> str | None:
 
 
 async def _read(request: web.Request, type_: type[T]) -> T:
-    ctype = request.content_type
-    if ctype not in ("application/json", "") and not ctype.endswith("+json"):
+    # aiohttp reports a missing Content-Type as application/octet-stream; a missing header is JSON.
+    ctype = request.content_type if "Content-Type" in request.headers else "application/json"
+    if ctype != "application/json" and not ctype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype!r}")
     body = await _read_limited(request, request.app[INGEST_CONFIG].max_body_bytes)
     try:

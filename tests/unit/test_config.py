@@ -72,3 +72,12 @@ def test_switches_accept_the_usual_spellings_and_name_bad_ones():
     e = EnvReader({"A": "on", "B": "FALSE", "C": "1", "D": "maybe"})
     assert (e.bool("A", False), e.bool("B", True), e.bool("C", False), e.bool("UNSET", True)) == (True, False, True, True)
     assert e.bool("D", True) is True and "D must be true or false" in e.problems[0]
+
+
+def test_jdbc_ssl_maps_to_sslmode_and_unknown_parameters_are_named():
+    assert parse_db_url("jdbc:postgresql://db/atas?ssl=true&ApplicationName=x") == \
+        "postgresql://db/atas?sslmode=require"
+    assert parse_db_url("postgresql://db/atas?sslmode=verify-full&sslrootcert=/ca.pem") == \
+        "postgresql://db/atas?sslmode=verify-full&sslrootcert=/ca.pem"
+    with pytest.raises(ValueError, match="unsupported parameter 'currentSchema'"):
+        parse_db_url("jdbc:postgresql://db/atas?currentSchema=x")
