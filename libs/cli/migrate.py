@@ -39,10 +39,16 @@ def run(args: argparse.Namespace) -> int:
         print("atas: DB_URL is required for `atas migrate`", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, service="migrate")
+    from atas.common.db import UNAVAILABLE_ERRORS
+
     try:
         applied = asyncio.run(migrate_dsn(settings.db.dsn))
     except MigrationError as exc:
         print(f"atas: migration refused: {exc}", file=sys.stderr)
         return 3
+    except UNAVAILABLE_ERRORS as exc:
+        print(f"atas: cannot reach the database at {settings.db.redacted()}: {type(exc).__name__}: {exc}; "
+              "check DB_URL and that PostgreSQL is up", file=sys.stderr)
+        return 1
     print(f"migrations up to date ({len(applied)} applied now)", file=sys.stderr)
     return 0

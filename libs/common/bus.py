@@ -174,8 +174,8 @@ class KafkaBus:
         from aiokafka.errors import TopicAlreadyExistsError
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, request_timeout_ms=10_000)
-        await admin.start()
         try:
+            await admin.start()
             if self.topic in await admin.list_topics():
                 return False
             try:

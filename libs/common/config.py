@@ -129,7 +129,9 @@ class EnvReader:
         try:
             value = float(raw.strip())
         except ValueError:
-            self.problems.append(f"{name} must be a number, got {raw!r}")
+            value = float("nan")
+        if value != value or value in (float("inf"), float("-inf")):
+            self.problems.append(f"{name} must be a finite number, got {raw!r}")
             return default
         if value < lo:
             self.problems.append(f"{name} must be at least {lo}, got {value}")

@@ -81,3 +81,8 @@ def test_jdbc_ssl_maps_to_sslmode_and_unknown_parameters_are_named():
         "postgresql://db/atas?sslmode=verify-full&sslrootcert=/ca.pem"
     with pytest.raises(ValueError, match="unsupported parameter 'currentSchema'"):
         parse_db_url("jdbc:postgresql://db/atas?currentSchema=x")
+
+
+def test_non_finite_numbers_are_refused():
+    with pytest.raises(ConfigError, match="SHUTDOWN_DRAIN_SECONDS must be a finite number"):
+        load_settings({**BASE, "DB_URL": "postgresql://h/db", "SHUTDOWN_DRAIN_SECONDS": "nan"})
