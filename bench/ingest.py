@@ -27,7 +27,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,9 @@ import aiohttp
 import asyncpg
 import msgspec
 
+from atas.common.db import create_database, drop_database
+from atas.common.stack import free_port
+
 COLUMNS = ("execution_started_at", "execution_id", "project", "test_id", "attempt", "id", "name", "suite",
            "file", "status", "started_at", "duration_ms", "error_type", "error_message", "error_trace",
            "attachments", "attributes")
@@ -49,12 +51,6 @@ PROJECT = "bench"
 
 def say(message: str) -> None:
     print(f"[bench ingest] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_results(n: int, seed: int = 7) -> list[dict]:
@@ -99,31 +95,6 @@ def servers(stack_dir: Path) -> dict[str, str]:
         env.update({k: v for k, v in started.items() if k in ("DB_URL", "KAFKA_BOOTSTRAP_SERVERS")})
     env.setdefault("JWT_SECRET", secrets.token_urlsafe(32))
     return env
-
-
-async def create_database(server_dsn: str) -> str:
-    from atas.common.config import parse_db_url
-    from atas.common.migrate import migrate_dsn
-
-    server_dsn = parse_db_url(server_dsn)
-    name = f"atas_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = server_dsn.rsplit("/", 1)[0] + "/" + name
-    await migrate_dsn(dsn)
-    return dsn
-
-
-async def drop_database(dsn: str) -> None:
-    server, name = dsn.rsplit("/", 1)
-    admin = await asyncpg.connect(server + "/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 # ----------------------------------------------------------------------------------------- floor
@@ -284,12 +255,13 @@ async def outbox_drained(dsn: str, timeout: float = 120) -> float:
 
 async def run(args: argparse.Namespace) -> dict:
     from atas.common.auth import mint_token
+    from atas.common.config import parse_db_url
 
     with tempfile.TemporaryDirectory(prefix="atas-bench-") as tmp:
         tmp_path = Path(tmp)
         # Stack.up runs its own event loop (asyncio.run): give it a thread of its own.
         env = await asyncio.to_thread(servers, tmp_path / "stack")
-        dsn = await create_database(env["DB_URL"])
+        dsn = await create_database(parse_db_url(env["DB_URL"]), f"atas_bench_{secrets.token_hex(4)}", migrate=True)
         server = None
         try:
             results = make_results(args.rows)

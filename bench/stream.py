@@ -357,12 +357,11 @@ class PublishWatch:
 
 async def bench(args) -> dict:
     import aiohttp
-    import asyncpg
 
     from atas.common.auth import mint_token
     from atas.common.bus import KafkaBus
     from atas.common.config import KafkaSettings, RedisSettings, parse_db_url
-    from atas.common.migrate import migrate_dsn
+    from atas.common.db import create_database, drop_database
     from tests.helpers import ServiceProcess
 
     nofile = raise_nofile()
@@ -373,11 +372,7 @@ async def bench(args) -> dict:
     secret = env.get("JWT_SECRET") or "bench-secret-" + "x" * 32
     base_dsn = parse_db_url(env["DB_URL"], env.get("DB_USER"), env.get("DB_PASSWORD"))
     db_name = f"atas_bench_stream_{run_id}"
-    admin = await asyncpg.connect(base_dsn)
-    await admin.execute(f'CREATE DATABASE "{db_name}"')
-    await admin.close()
-    dsn = base_dsn.rsplit("/", 1)[0] + "/" + db_name
-    await migrate_dsn(dsn)
+    dsn = await create_database(base_dsn, db_name, migrate=True)
     topic = f"atas.bench.stream.{run_id}"
     kafka = KafkaSettings(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], topic=topic)
     await KafkaBus(kafka).ensure_topic(partitions=3)
@@ -541,9 +536,7 @@ async def bench(args) -> dict:
         stream.stop()
         bridge.stop()
         ingest.stop()
-        admin = await asyncpg.connect(base_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(dsn)
         if stack is not None:
             stack.down(purge=True)
 

@@ -91,22 +91,11 @@ def pg_server_url(servers) -> str:
 @pytest.fixture(scope="session")
 async def pg_dsn(pg_server_url):
     """A fresh, migrated database for this session on the real server; dropped at the end."""
-    from atas.common.migrate import migrate_dsn
+    from atas.common.db import create_database, drop_database
 
-    name = f"atas_test_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = pg_server_url.rsplit("/", 1)[0] + "/" + name
-    await migrate_dsn(dsn)
+    dsn = await create_database(pg_server_url, f"atas_test_{secrets.token_hex(4)}", migrate=True)
     yield dsn
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(dsn)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
@@ -63,3 +64,39 @@ async def ping(pool: asyncpg.Pool, timeout: float = 2.0) -> None:
     async with asyncio.timeout(timeout):
         async with pool.acquire() as conn:
             await conn.fetchval("SELECT 1")
+
+
+def database_dsn(dsn: str, name: str) -> str:
+    """``dsn`` with its database replaced by ``name`` (same server, credentials and options)."""
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
+async def create_database(server_dsn: str, name: str, *, replace: bool = False, migrate: bool = False) -> str:
+    """Create database ``name`` on the server of ``server_dsn`` and return its DSN.
+
+    ``replace`` drops an existing one first; ``migrate`` applies the migrations. For tests, benches
+    and tools that want a database of their own on a shared server.
+    """
+    admin = await connect(server_dsn, application_name="atas-admin")
+    try:
+        if replace:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = database_dsn(server_dsn, name)
+    if migrate:
+        from .migrate import migrate_dsn
+
+        await migrate_dsn(dsn)
+    return dsn
+
+
+async def drop_database(dsn: str) -> None:
+    """Drop the database ``dsn`` names (connections to it are terminated)."""
+    name = urlsplit(dsn).path.lstrip("/")
+    admin = await connect(database_dsn(dsn, "postgres"), application_name="atas-admin")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()

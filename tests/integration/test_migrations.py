@@ -1,29 +1,32 @@
-import asyncio
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import asyncpg
 import pytest
 
+from atas.common.db import create_database, drop_database
 from atas.common.migrate import MigrationError, load_migrations, migrate
 
 pytestmark = pytest.mark.pg
 
 
-async def _fresh_db(pg_server_url: str, name: str) -> str:
-    admin = await asyncpg.connect(pg_server_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return pg_server_url.rsplit("/", 1)[0] + "/" + name
+@pytest.fixture
+async def fresh_db(pg_server_url):
+    """fresh_db(name): an empty database on the real server, dropped after the test."""
+    made: list[str] = []
+
+    async def _make(name: str) -> str:
+        made.append(await create_database(pg_server_url, name, replace=True))
+        return made[-1]
+
+    yield _make
+    for dsn in made:
+        await drop_database(dsn)
 
 
-async def test_two_processes_migrating_at_once_apply_each_migration_once(pg_server_url, pg, tmp_path):
-    dsn = await _fresh_db(pg_server_url, "atas_test_concurrent_migrate")
+async def test_two_processes_migrating_at_once_apply_each_migration_once(fresh_db, pg, tmp_path):
+    dsn = await fresh_db("atas_test_concurrent_migrate")
     env = {**os.environ, "DB_URL": dsn}
     procs = [subprocess.Popen([sys.executable, "-m", "atas.cli.main", "migrate"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
@@ -41,8 +44,8 @@ async def test_two_processes_migrating_at_once_apply_each_migration_once(pg_serv
     assert applied_counts == [0, len(load_migrations())]
 
 
-async def test_changed_applied_migration_stops_start_up(pg_server_url, pg, tmp_path):
-    dsn = await _fresh_db(pg_server_url, "atas_test_changed_migration")
+async def test_changed_applied_migration_stops_start_up(fresh_db, pg, tmp_path):
+    dsn = await fresh_db("atas_test_changed_migration")
     folder = tmp_path / "migrations"
     folder.mkdir()
     (folder / "V001__first.sql").write_text("CREATE TABLE t1 (id int);")
@@ -59,8 +62,8 @@ async def test_changed_applied_migration_stops_start_up(pg_server_url, pg, tmp_p
         await conn.close()
 
 
-async def test_migrate_cli_exits_3_with_a_clear_message_on_a_changed_migration(pg_server_url, pg):
-    dsn = await _fresh_db(pg_server_url, "atas_test_changed_cli")
+async def test_migrate_cli_exits_3_with_a_clear_message_on_a_changed_migration(fresh_db, pg):
+    dsn = await fresh_db("atas_test_changed_cli")
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn)

@@ -17,8 +17,9 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
+
+from atas.common.db import create_database, drop_database
 
 from tests.helpers import ServiceProcess
 
@@ -54,13 +55,7 @@ def junit_report(tmp_path_factory) -> Path:
 
 
 async def _fresh_database(server_url: str) -> str:
-    name = f"atas_dev_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return server_url.rsplit("/", 1)[0] + "/" + name
+    return await create_database(server_url, f"atas_dev_{secrets.token_hex(4)}")
 
 
 def _base_env() -> dict[str, str]:
@@ -160,5 +155,7 @@ async def test_import_junit_then_read_overview_and_stream(engines, request, tmp_
         assert [t["name"] for t in overview["top_failing_tests"]] == ["test_fails"]
     finally:
         code = dev.stop(timeout=30)
+        if engines == "redis+kafka":
+            await drop_database(env["DB_URL"])
     assert code == 0, dev.log_path.read_text()[-3000:]
     assert "stopping the embedded PostgreSQL" in dev.log_path.read_text() or engines != "embedded"
