@@ -12,7 +12,7 @@ import binascii
 import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 from aiohttp import web
@@ -288,13 +288,27 @@ def _failing(rows) -> list[s.FailingTest]:
 # ------------------------------------------------------------------------------ handlers
 
 
-async def overview(request: web.Request) -> web.Response:
+class _TopRequest(NamedTuple):
+    state: QueryState
+    repo: QueryRepository
+    limit: int
+    scope: Scope
+    first: date  # the whole UTC days per-test rollups cover
+    last: date
+
+
+def _top_request(request: web.Request, default_limit: int) -> _TopRequest:
+    """The shared preamble of the per-test views: parameters, auth, limit, range and its days."""
     state, repo = _state(request)
     p = parse_query(TopParams, request)
     _auth(request, p.project)
-    limit = _limit(p.limit, state.config, default=10)
     scope = _scope(p, resolve_range(p, state.config))
     first, last = day_range(scope.start, scope.end)
+    return _TopRequest(state, repo, _limit(p.limit, state.config, default=default_limit), scope, first, last)
+
+
+async def overview(request: web.Request) -> web.Response:
+    state, repo, limit, scope, first, last = _top_request(request, default_limit=10)
     entry = c.overview_entry(scope.project, _digest(scope, limit),
                              request.app[SETTINGS].cache_ttl.overview)
 
@@ -478,12 +492,7 @@ async def execution_results(request: web.Request) -> web.Response:
 
 def _tests_handler(kind: Literal["failing", "slowest", "flaky"]):
     async def handler(request: web.Request) -> web.Response:
-        state, repo = _state(request)
-        p = parse_query(TopParams, request)
-        _auth(request, p.project)
-        limit = _limit(p.limit, state.config, default=20)
-        scope = _scope(p, resolve_range(p, state.config))
-        first, last = day_range(scope.start, scope.end)
+        state, repo, limit, scope, first, last = _top_request(request, default_limit=20)
         entry = c.tests_entry(f"tests_{kind}", scope.project,
                               c.params_digest([first, last, scope.environment, scope.branch, limit]),
                               state.config.cache_ttl_tests)
