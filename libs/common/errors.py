@@ -84,28 +84,43 @@ def decode_json(body: bytes, type_: type[T], *, decoder: msgspec.json.Decoder | 
         raise ApiError(422, "invalid_field", f"{reason}{where}", field=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed_json", "request body is nested too deeply") from None
 
 
-async def read_json(request: web.Request, type_: type[T], *,
-                    decoder: msgspec.json.Decoder | None = None) -> T:
-    """Read the body of a JSON request: checks the content type (415) and size (413) first."""
-    # aiohttp reports a missing Content-Type as application/octet-stream; a missing header is JSON.
+def check_json_content_type(request: web.Request) -> None:
+    """415 unless the request says it carries JSON (a missing Content-Type counts as JSON)."""
+    # aiohttp reports a missing Content-Type as application/octet-stream.
     ctype = request.content_type if "Content-Type" in request.headers else "application/json"
     if ctype != "application/json" and not ctype.endswith("+json"):
-        raise ApiError(415, "unsupported_media_type",
-                       f"Content-Type must be application/json, got {ctype!r}")
-    body = await read_body(request)
-    return decode_json(body, type_, decoder=decoder)
+        raise ApiError(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype!r}")
 
 
-async def read_body(request: web.Request) -> bytes:
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app._client_max_size  # what aiohttp enforced; not on the exception in 3.14
-        raise ApiError(413, "payload_too_large",
-                       f"request body exceeds the limit of {limit} bytes; split it into smaller batches",
-                       details={"max_bytes": limit}) from None
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refused with 413 beyond ``limit`` bytes (before reading when Content-Length says so).
+
+    Each service passes its own limit rather than relying on the application's ``client_max_size``,
+    so the limit holds when ``atas dev`` serves every service from one app."""
+    too_large = ApiError(413, "payload_too_large",
+                         f"request body exceeds the limit of {limit} bytes; split it into smaller batches",
+                         details={"max_bytes": limit})
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request, type_: type[T], *, limit: int,
+                    decoder: msgspec.json.Decoder | None = None) -> T:
+    """Read and validate a JSON request body: content type (415), size (413), then :func:`decode_json`."""
+    check_json_content_type(request)
+    return decode_json(await read_body(request, limit), type_, decoder=decoder)
 
 
 def parse_query(type_: type[T], request: web.Request) -> T:

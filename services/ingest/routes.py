@@ -21,7 +21,7 @@ from aiohttp import web
 from atas.common.app import SETTINGS
 from atas.common.auth import Principal, authenticate, authorize
 from atas.common.engines import ENGINES
-from atas.common.errors import ApiError, decode_json, parse_query
+from atas.common.errors import ApiError, check_json_content_type, decode_json, parse_query, read_body
 from atas.common.schemas import (
     ExecutionCreate, ExecutionFinish, JunitImported, Label, ProjectKey, ResultBatch, Short, Url,
 )
@@ -64,26 +64,6 @@ def _execution_id(request: web.Request) -> uuid.UUID:
                        field="id") from None
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
-    """The body, refused with 413 beyond ``limit`` (before reading it when Content-Length says so).
-
-    The ingest limit is enforced here rather than by the application's ``client_max_size``, so it
-    holds when ``atas dev`` serves every service from one app with another limit."""
-    too_large = ApiError(413, "payload_too_large",
-                         f"request body exceeds the limit of {limit} bytes; split it into smaller batches",
-                         details={"max_bytes": limit})
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _find_nul(value: Any, path: str = "") -> str | None:
     if isinstance(value, str):
         return path if "\x00" in value else None
@@ -103,15 +83,9 @@ def _find_nul(value: Any, path: str = "") -> str | None:
 
 
 async def _read(request: web.Request, type_: type[T]) -> T:
-    # aiohttp reports a missing Content-Type as application/octet-stream; a missing header is JSON.
-    ctype = request.content_type if "Content-Type" in request.headers else "application/json"
-    if ctype != "application/json" and not ctype.endswith("+json"):
-        raise ApiError(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype!r}")
-    body = await _read_limited(request, request.app[INGEST_CONFIG].max_body_bytes)
-    try:
-        value = decode_json(body, type_)
-    except RecursionError:
-        raise ApiError(400, "malformed_json", "request body is nested too deeply") from None
+    check_json_content_type(request)
+    body = await read_body(request, request.app[INGEST_CONFIG].max_body_bytes)
+    value = decode_json(body, type_)
     # PostgreSQL text and jsonb cannot hold NUL characters; refuse them here with the field's path
     # instead of failing in the database. The byte scan is cheap and almost never matches.
     if b"\\u0000" in body:
@@ -213,7 +187,7 @@ async def import_junit(request: web.Request) -> web.Response:
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type must be application/xml (a JUnit XML report), got {ctype!r}")
     config = request.app[INGEST_CONFIG]
-    body = await _read_limited(request, config.max_body_bytes)
+    body = await read_body(request, config.max_body_bytes)
     if not body.strip():
         raise ApiError(400, "empty_body", "request body is empty; send a JUnit XML report")
     if len(body) > _PARSE_IN_THREAD_BYTES:
