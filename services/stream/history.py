@@ -28,6 +28,7 @@ from typing import NamedTuple, Protocol
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 Pos = tuple[int, int]
 ZERO: Pos = (0, 0)
@@ -179,13 +180,23 @@ class RedisHistory:
         if not items:
             return []
         # One pipelined round trip, one atomic script per event (each touches only its project's
-        # keys, so this also holds on a Redis Cluster).
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for project, event_id, payload in items:
-                await self._append(keys=[self.key(project), f"{self.prefix}d:{event_id}"],
-                                   args=[payload, self.channel(project), self._max_len, self._ttl,
-                                         self._dedupe_ttl], client=pipe)
-            replies = await pipe.execute()
+        # keys, so this also holds on a Redis Cluster). Plain EVALSHA: a pipeline of Script calls
+        # would ask SCRIPT EXISTS first, a second round trip on every batch. When Redis lost its
+        # script cache (restart, failover) every EVALSHA of the batch fails the same way and ran
+        # nothing: load the script and send the batch again.
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for project, event_id, payload in items:
+                    pipe.evalsha(self._append.sha, 2, self.key(project), f"{self.prefix}d:{event_id}",
+                                 payload, self.channel(project), self._max_len, self._ttl, self._dedupe_ttl)
+                replies = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                await self._redis.script_load(_APPEND)
+                continue
+            break
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         return [parse_pos(r) if r else None for r in replies]
 
     async def read_after(self, project: str, after: Pos, limit: int) -> Page:
