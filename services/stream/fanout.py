@@ -32,7 +32,18 @@ from .sse import END_SLOW
 
 log = get_logger(__name__)
 
-_SENT_DIRECT = [0]  # direct writes of the event being delivered, published once per event
+_SENT_DIRECT = [0]  # events written directly, counted in a plain int, published once per slice
+
+
+class Sink(Protocol):
+    """The writer side of a client, as the fan-out uses it (implemented by the SSE session)."""
+
+    transport: asyncio.Transport | None
+    chunked: bool  # HTTP/1.1 chunked body: frames are wrapped in chunks
+    sent: Pos | None
+
+    def write_now(self, events: list[Event]) -> bool:
+        """Write events now when that keeps order and cannot block; False: queue them instead."""
 
 
 class Client:
@@ -45,7 +56,7 @@ class Client:
 
     __slots__ = ("project", "execution", "types", "queue", "waiter", "limit", "cursor", "filtered",
                  "needs_sync", "syncing", "ended", "unpositioned", "_unpos_order", "last_write", "expires_at",
-                 "sink")
+                 "sink", "fed")
 
     def __init__(self, project: str, *, execution: str | None, types: frozenset[str] | None,
                  limit: int, cursor: Pos | None):
@@ -65,9 +76,10 @@ class Client:
         self.needs_sync = True
         self.syncing = False
         self.ended: str | None = None
-        # Set by the writer once streaming: writes an in-order event straight to the socket from the
-        # fan-out loop (True) or declines (False: it is queued for the writer task instead).
-        self.sink: Callable[[list[Event]], bool] | None = None
+        # Set by the writer once streaming: writes in-order events straight to the socket from the
+        # fan-out (see :class:`Sink`); None before the headers went out and after the end.
+        self.sink: Sink | None = None
+        self.fed = 0  # sequence number (its project's feed) of the last live event offered to it
         # Event ids delivered without a position (Redis down): when the same events come back from
         # history, only their position is sent, not the event again.
         self.unpositioned: set[str] = set()
@@ -91,7 +103,11 @@ class Client:
             if not matched:
                 return
             events = matched
-        if not self.queue and self.sink is not None and self.sink(events):
+        self.take(events)
+
+    def take(self, events: list[Event]) -> None:
+        """Events that passed this client's filters: written now when possible, else queued."""
+        if not self.queue and self.sink is not None and self.sink.write_now(events):
             _SENT_DIRECT[0] += len(events)
             return
         if len(self.queue) + len(events) > self.limit:
@@ -127,8 +143,80 @@ class Fanout(Protocol):
     def active(self, project: str) -> bool: ...
 
 
+class _Group:
+    """A feed's pending events as one filter sees them, frames joined once for all its clients."""
+
+    __slots__ = ("events", "skipped", "first", "last", "plain", "chunked")
+
+    def __init__(self, events: list[Event], execution: str | None, types: frozenset[str] | None):
+        self.skipped: Pos | None = None  # the newest position this filter drops
+        if execution is None and types is None:
+            self.events = events
+        else:
+            self.events = []
+            for e in events:
+                if (execution is None or e.execution_id == execution) and (types is None or e.type in types):
+                    self.events.append(e)
+                elif e.pos is not None:
+                    self.skipped = e.pos
+        # Direct writes need every event positioned (Redis up); the rest goes the generic way.
+        self.plain: bytes | None = None
+        self.chunked = b""
+        if self.events and all(e.pos is not None for e in self.events):
+            self.first, self.last = self.events[0].pos, self.events[-1].pos
+            self.plain = b"".join(e.frame for e in self.events)
+            self.chunked = b"%x\r\n%s\r\n" % (len(self.plain), self.plain)
+
+
+class _Feed:
+    """One project's live events on their way to its clients, in rounds over the clients.
+
+    A round offers each client, in one write, every pending event it has not been offered yet
+    (by sequence number, ``Client.fed``). Events arriving during a round are picked up by the
+    clients the round has not reached yet — together with the others, in the same write — and
+    a further round brings the rest up to date. So under load a client gets one write per round,
+    not one per event: the work follows the rounds, not the event rate.
+    """
+
+    __slots__ = ("project", "seq", "events", "first_seq", "clients", "index", "round_last", "groups")
+
+    def __init__(self, project: str):
+        self.project = project
+        self.seq = 0  # numbers the project's live events in this process
+        self.events: list[Event] = []
+        self.first_seq = 1  # sequence number of events[0]
+        self.clients: list[Client] = []  # this round's clients (those of the project at its start)
+        self.index = 0
+        self.round_last = 0  # the newest sequence number when the round started
+        self.groups: dict[tuple, _Group] = {}
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.events) - 1
+
+    def group(self, client: Client) -> _Group | None:
+        """The events after ``client.fed`` as the client's filter sees them (shared per start and
+        filter); None when it has them all."""
+        start = client.fed + 1 - self.first_seq
+        if start >= len(self.events):
+            return None
+        if start < 0:
+            start = 0
+        key = (start, client.execution, client.types)
+        g = self.groups.get(key)
+        if g is None:
+            g = self.groups[key] = _Group(self.events[start:], client.execution, client.types)
+        return g
+
+
 class Hub:
     """The clients of this process, by project."""
+
+    # The fan-out runs in slices of at most this long, then lets the event loop run (the bridge,
+    # accepts, Pub/Sub, probes): a socket write costs ~15 µs, so one event to 10,000 clients would
+    # otherwise hold the loop for 150 ms.
+    SLICE_S = 0.001
+    CHUNK = 64  # clients decided, then written, at a time
 
     def __init__(self) -> None:
         self.clients: dict[str, set[Client]] = {}
@@ -141,26 +229,120 @@ class Hub:
         self.tails: dict[str, Pos] = {}
         self.epoch = 0  # bumped when live delivery may have had a hole (Pub/Sub lost)
         self._inflight: dict[tuple, asyncio.Future] = {}
+        self._feeds: dict[str, _Feed] = {}  # per project with local clients (or a round running)
+        self._rounds: deque[_Feed] = deque()  # feeds with a round to run, oldest first
+        self._pump_handle: asyncio.Handle | None = None
 
     def deliver(self, project: str, events: list[Event]) -> None:
         """Hand events of one project, in order, to its local clients.
 
-        Several events at once when the Pub/Sub reader is behind: each client then gets them in
-        one socket write, so a backlog costs fewer writes per event instead of growing.
+        Events arriving while the fan-out is still busy join the pending ones, so a client the
+        fan-out has not reached yet gets them all in one write: a backlog costs fewer writes per
+        event instead of growing (see :class:`_Feed`).
         """
         last = events[-1].pos
         if last is not None and project in self.tails and last > self.tails[project]:
             self.tails[project] = last
-        group = self.clients.get(project)
-        if not group:
+        feed = self._feeds.get(project)
+        if feed is None or project not in self.clients:
             return
-        for client in group:
-            client.offer(events)
-        if _SENT_DIRECT[0]:  # counted in a plain int per client, published once per call
+        if not feed.events:
+            feed.first_seq = feed.seq + 1
+        feed.seq += len(events)
+        feed.events.extend(events)
+        feed.groups.clear()
+        if feed.index >= len(feed.clients) and feed not in self._rounds:
+            self._start_round(feed)
+        if self._pump_handle is None:
+            self._pump()
+
+    def _start_round(self, feed: _Feed) -> None:
+        # Every client of the previous round was offered the events it started with, and clients
+        # that connected since start after them (Client.fed): those can go.
+        drop = feed.round_last - feed.first_seq + 1
+        if drop > 0:
+            del feed.events[:drop]
+            feed.first_seq += drop
+            feed.groups.clear()
+        feed.clients = list(self.clients.get(feed.project, ()))
+        feed.index = 0
+        feed.round_last = feed.last_seq
+        self._rounds.append(feed)
+
+    def _pump(self) -> None:
+        """Run rounds until the slice is used up; continue on a later turn of the event loop."""
+        self._pump_handle = None
+        start = time.perf_counter()
+        rounds = self._rounds
+        while rounds:
+            feed = rounds[0]
+            n = len(feed.clients)
+            while feed.index < n:
+                hi = min(n, feed.index + self.CHUNK)
+                self._offer(feed, feed.clients[feed.index:hi])
+                feed.index = hi
+                if time.perf_counter() - start > self.SLICE_S:
+                    break
+            else:
+                rounds.popleft()
+                self._round_done(feed)
+            if rounds and time.perf_counter() - start > self.SLICE_S:
+                self._publish_sent()
+                self._pump_handle = asyncio.get_running_loop().call_soon(self._pump)
+                return
+        self._publish_sent()
+
+    def _round_done(self, feed: _Feed) -> None:
+        # One sample per round and process: the oldest event the round delivered → its last write.
+        oldest = feed.events[0] if feed.events else None
+        if oldest is not None:
+            metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - oldest.occurred_ts))
+        if feed.last_seq > feed.round_last and feed.project in self.clients:
+            self._start_round(feed)  # events came during the round: bring its early clients up to date
+        else:
+            feed.events.clear()
+            feed.groups.clear()
+            feed.clients = []
+            feed.index = 0
+            if feed.project not in self.clients:
+                self._feeds.pop(feed.project, None)
+
+    def _offer(self, feed: _Feed, clients: list[Client]) -> None:
+        """Give a chunk of clients what they miss; most get it by one socket write, right here."""
+        now = time.monotonic()
+        last_seq = feed.last_seq
+        sent = 0
+        for c in clients:
+            if c.ended is not None or c.fed >= last_seq:
+                continue
+            g = feed.group(c)
+            c.fed = last_seq
+            if g is None:
+                continue
+            if g.skipped is not None and g.skipped > c.filtered:
+                c.filtered = g.skipped
+            if not g.events:
+                continue
+            sink = c.sink
+            # The common case: a caught-up client, every event new to it, nothing buffered. The
+            # frames were joined once for every client at the same point with the same filter.
+            if (g.plain is not None and sink is not None and not c.queue and not c.needs_sync
+                    and not c.syncing and c.cursor is not None and c.cursor < g.first and not c.unpositioned):
+                transport = sink.transport
+                if transport is not None and not transport.get_write_buffer_size() and not transport.is_closing():
+                    transport.write(g.chunked if sink.chunked else g.plain)
+                    c.cursor = sink.sent = g.last
+                    c.last_write = now
+                    sent += len(g.events)
+                    continue
+            c.take(g.events)
+        _SENT_DIRECT[0] += sent
+
+    @staticmethod
+    def _publish_sent() -> None:
+        if _SENT_DIRECT[0]:  # counted in a plain int per client, published once per slice
             metrics.SENT_LIVE.inc(_SENT_DIRECT[0])
             _SENT_DIRECT[0] = 0
-        # One sample per call and process: the oldest event's time to its last direct write.
-        metrics.FANOUT_LATENCY.observe(max(0.0, time.time() - events[0].occurred_ts))
 
     def deliver_one(self, project: str, event: Event) -> None:
         self.deliver(project, [event])
@@ -199,6 +381,10 @@ class Hub:
     def add(self, client: Client) -> None:
         """Count the client at once (the connection cap is exact), before any await."""
         self.clients.setdefault(client.project, set()).add(client)
+        feed = self._feeds.get(client.project)
+        if feed is None:
+            feed = self._feeds[client.project] = _Feed(client.project)
+        client.fed = feed.seq  # live events from here on (earlier ones: its cursor / history)
         self.count += 1
         metrics.OPEN.set(self.count)
 
@@ -209,6 +395,9 @@ class Hub:
         group.discard(client)
         if not group:
             del self.clients[client.project]
+            feed = self._feeds.get(client.project)
+            if feed is not None and feed not in self._rounds:
+                del self._feeds[client.project]
         self.count -= 1
         metrics.OPEN.set(self.count)
         if self.fanout is not None:

@@ -103,6 +103,7 @@ class Session:
         self.resumed = resumed
         self.sent: Pos | None = client.cursor if resumed else None  # the client's lastEventId
         self.resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        # What the fan-out needs to write to this stream itself (see fanout.Sink).
         self.chunked = False
         self.transport: asyncio.Transport | None = None
         client.expires_at = expires_at
@@ -123,13 +124,13 @@ class Session:
                 except Exception as exc:  # noqa: BLE001 - Redis down: the client gets a reset later
                     log.warning("history unavailable at connect", error=f"{type(exc).__name__}: {exc}")
             if self.request.version >= (1, 1):
-                # Explicit, so that `chunked` is known: _write_now frames chunks itself.
+                # Explicit, so that `chunked` is known: direct writes frame chunks themselves.
                 self.resp.enable_chunked_encoding()
             await self.resp.prepare(self.request)
             await self._write(retry_frame(self.cfg.retry_ms) + b"\n")  # also flushes the headers
             self.chunked = self.resp.chunked
             self.transport = self.request.transport
-            client.sink = self._write_now
+            client.sink = self
             reason = await self._loop()
         except ConnectionError:  # the client went away (aiohttp raises several flavours)
             reason = "client"
@@ -172,12 +173,13 @@ class Session:
             finally:
                 client.waiter = None
 
-    def _write_now(self, events: list[Event]) -> bool:
-        """Write live events from the fan-out loop itself, when that keeps order and cannot block.
+    def write_now(self, events: list[Event]) -> bool:
+        """Write live events from the fan-out itself, when that keeps order and cannot block.
 
-        The common case — an idle, caught-up client with an empty socket buffer — then costs one
-        ``transport.write`` and no task switch, which is what lets one process serve thousands
-        of clients. Anything else (catching up, a backlog, a full buffer) goes through the queue.
+        The hub's batched direct writes cover the common case (caught up, every event new, nothing
+        buffered); this covers the rest that needs no task switch: events partly replayed already,
+        resume points of events delivered during a Redis outage, a little data still buffered.
+        Anything else (catching up, a backlog, a full buffer) goes through the queue.
         """
         client = self.client
         cursor = client.cursor

@@ -1,0 +1,93 @@
+"""The hub's fan-out rounds on real loopback sockets: events that arrive while a fan-out is under
+way reach every client once and in order, and the clients not reached yet get them in one write."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timezone
+
+from atas.common.events import encode_event, new_event
+from atas.stream.fanout import Client, Hub
+from atas.stream.history import Event
+
+
+class _Server(asyncio.Protocol):
+    transports: list = []
+
+    def connection_made(self, transport):
+        self.transports.append(transport)
+
+
+class _Sink:
+    """The writer side the hub needs (the SSE session in the service), over a real transport."""
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.chunked = False
+        self.sent = None
+        self.writes = 0
+        real = transport.write
+
+        def counting(data):
+            self.writes += 1
+            real(data)
+        transport.write = counting
+
+    def write_now(self, events):
+        return False
+
+
+def _event(pos: int) -> Event:
+    env = new_event("results.recorded", project="p", execution_id="e", seq=pos, data={"n": pos},
+                    occurred_at=datetime.now(timezone.utc))
+    return Event((pos, 0), encode_event(env))
+
+
+async def test_events_arriving_mid_fan_out_reach_everyone_once_in_order_with_fewer_writes():
+    loop = asyncio.get_running_loop()
+    _Server.transports = []
+    server = await loop.create_server(_Server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    n = 300
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]  # keep the writers:
+    readers = [reader for reader, _writer in conns]                                  # dropping one closes it
+    while len(_Server.transports) < n:
+        await asyncio.sleep(0.01)
+    hub = Hub()
+    hub.SLICE_S = 0  # yield after every chunk, so that events arrive while a round is under way
+    sinks = []
+    for transport in _Server.transports:
+        client = Client("p", execution=None, types=None, limit=100, cursor=(0, 0))
+        client.needs_sync = False
+        hub.add(client)
+        client.sink = _Sink(transport)
+        sinks.append(client.sink)
+    try:
+        hub.deliver("p", [_event(1)])  # the first chunk is written at once, the rest later
+        assert hub._rounds, "the round should still be under way"
+        hub.deliver("p", [_event(2)])
+        hub.deliver("p", [_event(3)])
+        async with asyncio.timeout(10):
+            while hub._rounds:
+                await asyncio.sleep(0)
+        for reader in readers:
+            data = b""
+            async with asyncio.timeout(10):
+                while data.count(b"\n\n") < 3:
+                    chunk = await reader.read(65536)
+                    assert chunk, f"stream closed after {data!r}"
+                    data += chunk
+            blocks = [b for b in data.split(b"\n\n") if b]
+            got = [json.loads(b.split(b"data: ", 1)[1])["data"]["n"] for b in blocks]
+            assert got == [1, 2, 3]
+        writes = sum(s.writes for s in sinks)
+        # One write per client per round: 3 events, but the clients the first round had not reached
+        # took all three at once, and those it had reached took 2 and 3 together.
+        assert n < writes < 2 * n, writes
+    finally:
+        for _reader, writer in conns:
+            writer.close()
+        for t in _Server.transports:
+            t.close()
+        server.close()
