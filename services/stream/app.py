@@ -14,8 +14,10 @@ import contextlib
 from aiohttp import web
 
 from atas.common.app import SETTINGS, add_openapi
+from atas.common.bus import KafkaBus
 from atas.common.engines import ENGINES
 from atas.common.logging import get_logger
+from atas.common.redis import create_redis
 
 from .bridge import Bridge
 from .config import StreamConfig, load_config
@@ -56,8 +58,14 @@ async def _lifecycle(app: web.Application):
     state.ticker = asyncio.create_task(state.hub.tick(cfg.heartbeat_s), name="stream-ticker")
     await state.fanout.start()
     if cfg.bridge_enabled:
+        thread_history = None
+        if isinstance(state.history, RedisHistory) and isinstance(engines.bus, KafkaBus):
+            def thread_history():  # runs on the bridge's thread: a Redis connection of its own
+                redis = create_redis(settings.redis)
+                return (RedisHistory(redis, prefix=cfg.redis_prefix, max_len=cfg.history_max_len,
+                                     ttl_s=cfg.history_ttl_s, dedupe_ttl_s=cfg.dedupe_ttl_s), redis.aclose)
         state.bridge = Bridge(engines.bus, state.history, state.hub, group=cfg.bridge_group,
-                              batch=cfg.bridge_batch)
+                              batch=cfg.bridge_batch, thread_history=thread_history)
         await state.bridge.start()
     log.info("stream service ready", history="redis" if engines.redis is not None else "in-process",
              bridge=cfg.bridge_enabled, max_connections=cfg.max_connections)

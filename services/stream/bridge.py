@@ -4,6 +4,12 @@ Filter → decode → write (history append + publish, one atomic script per eve
 are committed only after Redis accepted the batch, so a crash redelivers, and the append script
 drops redeliveries by event id: every event is published once.
 
+With Kafka and Redis (production) the bridge runs on a thread of its own, with its own event loop,
+Kafka consumer and Redis connection: a fan-out to thousands of sockets keeps the main loop busy for
+tens of milliseconds per event, and the bridge — the start of every other pod's fan-out too —
+must not wait behind it. (The fan-out spends most of that time in the kernel's send, outside the
+GIL.) The only calls back into the main loop are ``call_soon_threadsafe`` ones.
+
 Redis down: the bridge keeps consuming, hands what it consumes straight to this pod's clients
 (without a position: they get the event now, and its position once it is written), and keeps the
 batch pending, uncommitted. Pending events are written, in order, as soon as Redis answers again;
@@ -14,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+from collections.abc import Callable
 
 import msgspec
 
@@ -46,10 +54,17 @@ class Bridge:
     MAX_PENDING = 10_000
 
     def __init__(self, bus: EventBus, history: History, hub: Hub, *, group: str, batch: int,
-                 client_id: str = "atas-stream"):
+                 client_id: str = "atas-stream",
+                 thread_history: Callable[[], tuple[History, Callable]] | None = None):
+        """``thread_history``: run on a thread of its own, with the history this makes there
+        (and the coroutine function that closes it); else on the caller's event loop."""
         self._bus = bus
         self._history = history
         self._hub = hub
+        self._thread_history = thread_history
+        self._thread: threading.Thread | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
+        self._main_loop: asyncio.AbstractEventLoop | None = None
         self._group = group
         self._batch = batch
         self._client_id = client_id
@@ -69,14 +84,49 @@ class Bridge:
         return self._sub is not None and self._sub.assigned()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="stream-bridge")
+        self._main_loop = asyncio.get_running_loop()
+        if self._thread_history is None:
+            self._task = asyncio.create_task(self._run(), name="stream-bridge")
+            return
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._thread_main, args=(started,), name="stream-bridge",
+                                        daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(started.wait)
+
+    def _thread_main(self, started: threading.Event) -> None:
+        loop = self._thread_loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._history, close = self._thread_history()
+        self._task = loop.create_task(self._run(), name="stream-bridge")
+        loop.call_soon(started.set)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(self._task)
+            loop.run_until_complete(close())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
 
     async def stop(self) -> None:
-        if self._task is not None:
+        if self._task is None:
+            return
+        if self._thread is None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            self._task = None
+        else:
+            self._thread_loop.call_soon_threadsafe(self._task.cancel)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        self._task = None
+
+    def _on_main(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the main event loop (the hub and ``ready`` live there)."""
+        if self._thread is None:
+            fn(*args)
+        else:
+            self._main_loop.call_soon_threadsafe(fn, *args)
 
     async def _run(self) -> None:
         backoff = 0.5
@@ -94,7 +144,7 @@ class Bridge:
                 log.warning("bridge consumer failed; restarting", error=f"{type(exc).__name__}: {exc}")
             finally:
                 self._sub = None
-                self.ready.clear()
+                self._on_main(self.ready.clear)
                 metrics.BRIDGE_ASSIGNED.set(0)
                 with contextlib.suppress(Exception):
                     await sub.stop()
@@ -110,8 +160,8 @@ class Bridge:
                 await asyncio.sleep(self.POLL_S)
             assigned = sub.assigned()
             metrics.BRIDGE_ASSIGNED.set(1 if assigned else 0)
-            if assigned:
-                self.ready.set()
+            if assigned and not self.ready.is_set():
+                self._on_main(self.ready.set)
             if messages:
                 self._accept(messages)
             await self._flush()
@@ -139,7 +189,7 @@ class Bridge:
             self._pending_ts = min(stamps) / 1000 if stamps else time.time()
         self._uncommitted = True
         for project, event in local:
-            self._hub.deliver_one(project, event)
+            self._on_main(self._hub.deliver_one, project, event)
             metrics.BRIDGE_EVENTS.labels("local_only").inc()
 
     async def _flush(self) -> None:
@@ -155,7 +205,7 @@ class Bridge:
                             error=f"{type(exc).__name__}: {exc}", pending=len(batch))
                 # The first failure of an outage: this batch was not delivered locally yet.
                 for project, _eid, payload in batch:
-                    self._hub.deliver_one(project, Event(None, payload))
+                    self._on_main(self._hub.deliver_one, project, Event(None, payload))
                     metrics.BRIDGE_EVENTS.labels("local_only").inc()
             self._retry_at = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, self.RETRY_MAX_S)
