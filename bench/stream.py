@@ -35,10 +35,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import resource
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -51,6 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 PROJECT = "bench"
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not export it
 BUCKET_MS = 0.1  # histogram resolution of the latency percentiles
 
 
@@ -97,9 +101,12 @@ class SseConn(asyncio.Protocol):
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
-        now = time.time()
         if self.worker.lazy and self.headers_done:
             self.transport.pause_reading()  # the worker resumes every connection every lazy_s
+        self.feed(data, time.time(), None)
+
+    def feed(self, data: bytes, now: float, stamp: float | None) -> None:
+        """Parse what arrived at ``now`` (in this process) and ``stamp`` (in the kernel, probes)."""
         self.buf += data
         if not self.headers_done:
             end = self.buf.find(b"\r\n\r\n")
@@ -110,6 +117,14 @@ class SseConn(asyncio.Protocol):
             self.headers_done = True
             if b" 200 " not in status:
                 self.worker.errors.append(status.decode(errors="replace"))
+        if self.worker.lazy and self.connected.done():
+            # Read late on purpose: only counted (for `delivered`), no latency sample. Counting the
+            # complete events' data lines in one pass keeps these clients' CPU off the server's core.
+            end = self.buf.rfind(b"\n\n")
+            if end >= 0:
+                self.worker.lazy_received += self.buf.count(b"\ndata: ", 0, end) + self.buf.startswith(b"data: ")
+                self.buf = self.buf[end + 2:]
+            return
         while True:
             end = self.buf.find(b"\n\n")
             if end < 0:
@@ -119,14 +134,71 @@ class SseConn(asyncio.Protocol):
                 self.connected.set_result(True)
             i = block.find(b"data: ")
             if i >= 0:
-                head = self.worker.head.decode(block[i + 6:])
-                self.worker.record(head.execution_id, now)
+                if self.worker.lazy:
+                    self.worker.lazy_received += 1
+                else:
+                    key = self.worker.head.decode(block[i + 6:]).execution_id
+                    self.worker.record(key, now if stamp is None else stamp)
+                    self.worker.record_app(key, now)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         if not self.connected.done():
             self.connected.set_result(False)
         self.worker.lost += 1
+
+
+class ProbeConn(SseConn):
+    """An eager SSE client that takes each read's kernel receive time (``SO_TIMESTAMPNS``).
+
+    The latency samples are then the moment the bytes reached the client's host, as for a client
+    on another machine, and not also when this process got scheduled on a busy 2-core VM (the
+    process-side receive time is reported too, as ``*_app_*``).
+    """
+
+    _ANC = socket.CMSG_SPACE(16)
+
+    async def open(self, host: str, port: int) -> "ProbeConn":
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        await loop.sock_connect(sock, (host, port))
+        self.sock = sock
+        self.transport = _SockHandle(sock)
+        await loop.sock_sendall(sock, self.request)
+        loop.add_reader(sock.fileno(), self._readable)
+        return self
+
+    def _readable(self) -> None:
+        try:
+            data, anc, _flags, _addr = self.sock.recvmsg(65536, self._ANC)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, anc = b"", []
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.connection_lost(None)
+            return
+        stamp = None
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+                sec, nsec = struct.unpack("qq", payload[:16])
+                stamp = sec + nsec / 1e9
+        self.feed(data, time.time(), stamp)
+
+
+class _SockHandle:
+    """What the worker needs of a transport (close), for a raw probe socket."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 class Worker:
@@ -141,16 +213,22 @@ class Worker:
         self.conns: list[SseConn] = []
         self.head = _Head()
         self.received: dict[str, array] = {}
+        self.received_app: dict[str, array] = {}
         self.errors: list[str] = []
+        self.lazy_received = 0
         self.lost = 0
         self.transports = []
 
     def record(self, key: str, t: float) -> None:
-        if self.lazy:
-            t = float("nan")  # counted for `delivered`, not a latency sample (read late on purpose)
         times = self.received.get(key)
         if times is None:
             times = self.received[key] = array("d")
+        times.append(t)
+
+    def record_app(self, key: str, t: float) -> None:
+        times = self.received_app.get(key)
+        if times is None:
+            times = self.received_app[key] = array("d")
         times.append(t)
 
     async def connect(self) -> int:
@@ -162,7 +240,12 @@ class Worker:
 
         async def one():
             async with sem:
-                transport, proto = await loop.create_connection(lambda: SseConn(request, self), self.host, self.port)
+                if self.lazy:
+                    transport, proto = await loop.create_connection(lambda: SseConn(request, self),
+                                                                    self.host, self.port)
+                else:
+                    proto = await ProbeConn(request, self).open(self.host, self.port)
+                    transport = proto.transport
                 self.transports.append(transport)
                 self.conns.append(proto)
                 return await proto.connected
@@ -174,22 +257,24 @@ class Worker:
                 self.errors.append(f"{type(r).__name__}: {r}")
         return ok
 
+    def received_count(self) -> int:
+        return self.lazy_received + sum(len(v) for v in self.received.values())
+
     def histograms(self, refs: dict[str, list[float]]) -> dict:
-        """Per reference kind (e2e, fanout): {bucket: count} of client receive − reference time."""
-        out: dict[str, dict[int, int]] = {"e2e": {}, "fanout": {}}
-        for key, times in self.received.items():
-            ref = refs.get(key)
-            if ref is None:
-                continue
-            for kind, base in zip(("e2e", "fanout"), ref):
-                if base is None:
-                    continue
-                hist = out[kind]
-                for t in times:
-                    if t != t:  # NaN: a lazy reader's copy
+        """{kind: {bucket: count}} of client receive − reference time, for kinds e2e and fanout
+        (references: ingest request, PUBLISH) at the kernel's receive time and, ``*_app``, at this
+        process's."""
+        out: dict[str, dict[int, int]] = {}
+        for suffix, received in (("", self.received), ("_app", self.received_app)):
+            for kind, i in (("e2e", 0), ("fanout", 1)):
+                hist = out.setdefault(kind + suffix, {})
+                for key, times in received.items():
+                    base = refs.get(key, [None, None])[i]
+                    if base is None:
                         continue
-                    b = int(max(0.0, (t - base) * 1000) / BUCKET_MS)
-                    hist[b] = hist.get(b, 0) + 1
+                    for t in times:
+                        b = int(max(0.0, (t - base) * 1000) / BUCKET_MS)
+                        hist[b] = hist.get(b, 0) + 1
         return out
 
 
@@ -216,13 +301,13 @@ async def worker_main(args) -> int:
             return 1
         cmd, _, arg = line.partition(" ")
         if cmd == "count":
-            print(json.dumps({"received": sum(len(v) for v in worker.received.values()),
+            print(json.dumps({"received": worker.received_count(),
                               "lost": worker.lost}), flush=True)
         elif cmd == "refs":
             refs = json.loads(Path(arg).read_text())
             hist = worker.histograms(refs)
-            result = {"received": sum(len(v) for v in worker.received.values()), "lost": worker.lost,
-                      "e2e": hist["e2e"], "fanout": hist["fanout"], "errors": worker.errors[:5]}
+            result = {"received": worker.received_count(), "lost": worker.lost, **hist,
+                      "errors": worker.errors[:5]}
             Path(arg + f".{os.getpid()}").write_text(json.dumps(result))
             print(json.dumps({"done": True}), flush=True)
             if resumer is not None:
@@ -485,7 +570,7 @@ async def bench(args) -> dict:
 
             refs_path = logs / "refs.json"
             refs_path.write_text(json.dumps({exe: [t, watch.seen.get(exe)] for exe, t in sent.items()}))
-            merged = {"e2e": {}, "fanout": {}}
+            merged = {"e2e": {}, "fanout": {}, "e2e_app": {}, "fanout_app": {}}
             received = lost = 0
             for w in workers:
                 w.stdin.write(f"refs {refs_path}\n")
@@ -494,10 +579,12 @@ async def bench(args) -> dict:
                 result = json.loads(Path(f"{refs_path}.{w.pid}").read_text())
                 received += result["received"]
                 lost += result["lost"]
-                for kind in ("e2e", "fanout"):
+                for kind in merged:
                     for b, c in result[kind].items():
                         merged[kind][int(b)] = merged[kind].get(int(b), 0) + c
             floor_sorted = sorted(floor.latencies)
+            # Upstream share of e2e: ingest request → PUBLISH (ingest, outbox relay, Kafka, bridge).
+            upstream = sorted((watch.seen[exe] - t) * 1000 for exe, t in sent.items() if exe in watch.seen)
             return {
                 "clients": ready,
                 "probes": probes,
@@ -508,6 +595,11 @@ async def bench(args) -> dict:
                 "e2e_p99_ms": percentile(merged["e2e"], 0.99),
                 "fanout_p50_ms": percentile(merged["fanout"], 0.50),
                 "fanout_p99_ms": percentile(merged["fanout"], 0.99),
+                # the same at the probe process's receive time (adds its scheduling on this VM)
+                "e2e_app_p99_ms": percentile(merged["e2e_app"], 0.99),
+                "fanout_app_p99_ms": percentile(merged["fanout_app"], 0.99),
+                "upstream_p50_ms": round(upstream[len(upstream) // 2], 2) if upstream else None,
+                "upstream_p99_ms": round(upstream[int(0.99 * (len(upstream) - 1))], 2) if upstream else None,
                 "redis_pubsub_p99_ms": round(floor_sorted[int(0.99 * (len(floor_sorted) - 1))], 2)
                 if floor_sorted else None,
                 # the server's own view, event time → written to its last client (bucket bounds)
