@@ -65,6 +65,7 @@ class Bridge:
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._start_error: BaseException | None = None
         self._group = group
         self._batch = batch
         self._client_id = client_id
@@ -93,11 +94,21 @@ class Bridge:
                                         daemon=True)
         self._thread.start()
         await asyncio.to_thread(started.wait)
+        if self._start_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._start_error
 
     def _thread_main(self, started: threading.Event) -> None:
         loop = self._thread_loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        self._history, close = self._thread_history()
+        try:
+            self._history, close = self._thread_history()
+        except BaseException as exc:  # noqa: BLE001 - handed to start(), which raises it
+            self._start_error = exc
+            loop.close()
+            started.set()
+            return
         self._task = loop.create_task(self._run(), name="stream-bridge")
         loop.call_soon(started.set)
         try:
@@ -116,7 +127,8 @@ class Bridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         else:
-            self._thread_loop.call_soon_threadsafe(self._task.cancel)
+            with contextlib.suppress(RuntimeError):  # the loop already ended with the thread
+                self._thread_loop.call_soon_threadsafe(self._task.cancel)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
         self._task = None
