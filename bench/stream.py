@@ -139,7 +139,7 @@ class SseConn(asyncio.Protocol):
                 else:
                     key = self.worker.head.decode(block[i + 6:]).execution_id
                     self.worker.record(key, now if stamp is None else stamp)
-                    self.worker.record_app(key, now)
+                    self.worker.record(key, now, app=True)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -219,16 +219,12 @@ class Worker:
         self.lost = 0
         self.transports = []
 
-    def record(self, key: str, t: float) -> None:
-        times = self.received.get(key)
+    def record(self, key: str, t: float, *, app: bool = False) -> None:
+        """A probe's receive time of event ``key`` (kernel stamp, or ``app``: this process's)."""
+        store = self.received_app if app else self.received
+        times = store.get(key)
         if times is None:
-            times = self.received[key] = array("d")
-        times.append(t)
-
-    def record_app(self, key: str, t: float) -> None:
-        times = self.received_app.get(key)
-        if times is None:
-            times = self.received_app[key] = array("d")
+            times = store[key] = array("d")
         times.append(t)
 
     async def connect(self) -> int:

@@ -46,9 +46,12 @@ async def _lifecycle(app: web.Application):
     cfg = state.config
     engines = app[ENGINES]
     settings = app[SETTINGS]
+    def redis_history(redis) -> RedisHistory:
+        return RedisHistory(redis, prefix=cfg.redis_prefix, max_len=cfg.history_max_len,
+                            ttl_s=cfg.history_ttl_s, dedupe_ttl_s=cfg.dedupe_ttl_s)
+
     if engines.redis is not None and settings.redis is not None:
-        state.history = RedisHistory(engines.redis, prefix=cfg.redis_prefix, max_len=cfg.history_max_len,
-                                     ttl_s=cfg.history_ttl_s, dedupe_ttl_s=cfg.dedupe_ttl_s)
+        state.history = redis_history(engines.redis)
         state.fanout = RedisFanout(settings.redis, state.hub, channel_prefix=cfg.redis_prefix + "c:",
                                    linger_s=cfg.unsubscribe_linger_s)
     else:
@@ -62,8 +65,7 @@ async def _lifecycle(app: web.Application):
         if isinstance(state.history, RedisHistory) and isinstance(engines.bus, KafkaBus):
             def thread_history():  # runs on the bridge's thread: a Redis connection of its own
                 redis = create_redis(settings.redis)
-                return (RedisHistory(redis, prefix=cfg.redis_prefix, max_len=cfg.history_max_len,
-                                     ttl_s=cfg.history_ttl_s, dedupe_ttl_s=cfg.dedupe_ttl_s), redis.aclose)
+                return redis_history(redis), redis.aclose
         state.bridge = Bridge(engines.bus, state.history, state.hub, group=cfg.bridge_group,
                               batch=cfg.bridge_batch, thread_history=thread_history)
         await state.bridge.start()

@@ -100,24 +100,24 @@ class Bridge:
             raise self._start_error
 
     def _thread_main(self, started: threading.Event) -> None:
-        loop = self._thread_loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
+        asyncio.run(self._thread_body(started))
+
+    async def _thread_body(self, started: threading.Event) -> None:
+        self._thread_loop = asyncio.get_running_loop()
         try:
             self._history, close = self._thread_history()
         except BaseException as exc:  # noqa: BLE001 - handed to start(), which raises it
             self._start_error = exc
-            loop.close()
             started.set()
             return
-        self._task = loop.create_task(self._run(), name="stream-bridge")
-        loop.call_soon(started.set)
+        self._task = asyncio.current_task()
+        started.set()
         try:
-            with contextlib.suppress(asyncio.CancelledError):
-                loop.run_until_complete(self._task)
-            loop.run_until_complete(close())
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            await self._run()
+        except asyncio.CancelledError:
+            pass
         finally:
-            loop.close()
+            await close()
 
     async def stop(self) -> None:
         if self._task is None:

@@ -46,6 +46,25 @@ class Sink(Protocol):
         """Write events now when that keeps order and cannot block; False: queue them instead."""
 
 
+def _matches(event: Event, execution: str | None, types: frozenset[str] | None) -> bool:
+    return ((execution is None or event.execution_id == execution)
+            and (types is None or event.type in types))
+
+
+def _filter(events: list[Event], execution: str | None,
+            types: frozenset[str] | None) -> tuple[list[Event], Pos | None]:
+    """The events a filter lets through, and the newest position it drops (None: none)."""
+    if execution is None and types is None:
+        return events, None
+    matched, skipped = [], None
+    for e in events:
+        if _matches(e, execution, types):
+            matched.append(e)
+        elif e.pos is not None:
+            skipped = e.pos
+    return matched, skipped
+
+
 class Client:
     """One SSE stream's state: filters, bounded queue, resume cursor.
 
@@ -86,24 +105,17 @@ class Client:
         self._unpos_order: deque[str] = deque()
 
     def matches(self, event: Event) -> bool:
-        return ((self.execution is None or event.execution_id == self.execution)
-                and (self.types is None or event.type in self.types))
+        return _matches(event, self.execution, self.types)
 
     def offer(self, events: list[Event]) -> None:
         """Take events of this client's project, in order (several when the fan-out is behind)."""
         if self.ended is not None:
             return
-        if self.execution is not None or self.types is not None:
-            matched = []
-            for event in events:
-                if self.matches(event):
-                    matched.append(event)
-                elif event.pos is not None and event.pos > self.filtered:
-                    self.filtered = event.pos
-            if not matched:
-                return
-            events = matched
-        self.take(events)
+        events, skipped = _filter(events, self.execution, self.types)
+        if skipped is not None and skipped > self.filtered:
+            self.filtered = skipped
+        if events:
+            self.take(events)
 
     def take(self, events: list[Event]) -> None:
         """Events that passed this client's filters: written now when possible, else queued."""
@@ -149,16 +161,7 @@ class _Group:
     __slots__ = ("events", "skipped", "first", "last", "plain", "chunked")
 
     def __init__(self, events: list[Event], execution: str | None, types: frozenset[str] | None):
-        self.skipped: Pos | None = None  # the newest position this filter drops
-        if execution is None and types is None:
-            self.events = events
-        else:
-            self.events = []
-            for e in events:
-                if (execution is None or e.execution_id == execution) and (types is None or e.type in types):
-                    self.events.append(e)
-                elif e.pos is not None:
-                    self.skipped = e.pos
+        self.events, self.skipped = _filter(events, execution, types)
         # Direct writes need every event positioned (Redis up); the rest goes the generic way.
         self.plain: bytes | None = None
         self.chunked = b""
@@ -251,7 +254,7 @@ class Hub:
         feed.seq += len(events)
         feed.events.extend(events)
         feed.groups.clear()
-        if feed.index >= len(feed.clients) and feed not in self._rounds:
+        if feed not in self._rounds:  # else the running round and its follow-up take them
             self._start_round(feed)
         if self._pump_handle is None:
             self._pump()
