@@ -6,7 +6,9 @@ decide how bytes travel. Semantics shared by both engines:
 
 * ``publish`` returns only once every message is durably accepted (Kafka: acks=all), or raises;
 * ``poll`` returns messages after the group's position; ``commit`` records the position of
-  everything returned so far (call it *after* the messages were processed: at-least-once).
+  everything returned so far (call it *after* the messages were processed: at-least-once), or,
+  given ``offsets`` ({partition: next offset}), exactly those — what a consumer that keeps
+  polling while the commit travels has processed.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class EventSubscription(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]: ...
-    async def commit(self) -> None: ...
+    async def commit(self, offsets: dict[int, int] | None = None) -> None: ...
     def assigned(self) -> bool: ...
 
 
@@ -76,8 +78,10 @@ class KafkaPublisher:
             client_id=self._client_id,
             enable_idempotence=True,
             acks="all",
-            # Small linger batches the relay's sends into few requests without adding visible latency.
-            linger_ms=2,
+            # No linger: the outbox relay hands over a whole batch at once (and lingers itself under
+            # concurrency), so the producer's own linger only delayed every event: 2 ms of linger
+            # measured as ~2.5 ms more from send to consumer on a local broker (p50 5.5 → 3.0 ms).
+            linger_ms=0,
             # Bound how long a send waits for a broker, so an outage surfaces as an error the relay
             # backs off on, instead of a hang.
             request_timeout_ms=10_000,
@@ -151,9 +155,15 @@ class KafkaSubscription:
             out.extend(Message(r.key, r.value, tp.partition, r.offset, r.timestamp) for r in records)
         return out
 
-    async def commit(self) -> None:
+    async def commit(self, offsets: dict[int, int] | None = None) -> None:
         assert self._consumer is not None, "subscription not started"
-        await self._consumer.commit()
+        if offsets is None:
+            await self._consumer.commit()
+            return
+        from aiokafka import TopicPartition
+
+        if offsets:
+            await self._consumer.commit({TopicPartition(self._settings.topic, p): o for p, o in offsets.items()})
 
 
 class KafkaBus:
@@ -241,8 +251,9 @@ class MemoryBus:
             group.position = self._base + start + len(batch)
             return batch
 
-    def _commit(self, group: _Group) -> None:
-        group.committed = group.position
+    def _commit(self, group: _Group, offsets: dict[int, int] | None = None) -> None:
+        target = group.position if offsets is None else offsets.get(0, group.committed)
+        group.committed = max(group.committed, min(target, group.position))
         low = min((g.committed for g in self._groups.values()), default=self.end_offset)
         if low > self._base:
             del self._log[: low - self._base]
@@ -292,6 +303,6 @@ class MemorySubscription:
         assert self._group is not None, "subscription not started"
         return await self._bus._poll(self._group, timeout_s, max_records)
 
-    async def commit(self) -> None:
+    async def commit(self, offsets: dict[int, int] | None = None) -> None:
         assert self._group is not None, "subscription not started"
-        self._bus._commit(self._group)
+        self._bus._commit(self._group, offsets)
