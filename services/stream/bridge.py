@@ -2,7 +2,8 @@
 
 Filter → decode → write (history append + publish, one atomic script per event) → commit. Offsets
 are committed only after Redis accepted the batch, so a crash redelivers, and the append script
-drops redeliveries by event id: every event is published once.
+drops redeliveries by event id: every event is published once. The commit names the offsets written
+and travels in the background: the next poll does not wait for the broker's answer.
 
 With Kafka and Redis (production) the bridge runs on a thread of its own, with its own event loop,
 Kafka consumer and Redis connection: a fan-out to thousands of sockets keeps the main loop busy for
@@ -43,8 +44,8 @@ class Bridge:
     """Consumes ``settings.kafka.topic`` in group ``bridge_group`` and feeds the history."""
 
     POLL_S = 0.5
-    # Offsets of written events are committed at most this often: a commit is a broker round trip
-    # the next poll would wait for. A crash redelivers at most this much, which the history dedupes.
+    # Offsets of written events are committed at most this often (one broker round trip, in the
+    # background). A crash redelivers at most this much, which the history dedupes.
     COMMIT_INTERVAL_S = 0.5
     # Commit positions every this often even without events, so a partition moving to another pod
     # in a rebalance resumes where this one was instead of at "latest".
@@ -72,6 +73,9 @@ class Bridge:
         self._sub: EventSubscription | None = None
         self._task: asyncio.Task | None = None
         self._pending: list[tuple[str, str, bytes]] = []
+        self._pending_offsets: dict[int, int] = {}  # partition → next offset, of the pending events
+        self._written: dict[int, int] = {}  # partition → next offset, written to Redis, to commit
+        self._commit_task: asyncio.Task | None = None
         self._pending_ts: float | None = None
         self._uncommitted = False
         self._last_commit = 0.0
@@ -155,6 +159,14 @@ class Bridge:
             except Exception as exc:  # noqa: BLE001 - the bridge must outlive any broker hiccup
                 log.warning("bridge consumer failed; restarting", error=f"{type(exc).__name__}: {exc}")
             finally:
+                if self._commit_task is not None:
+                    self._commit_task.cancel()
+                    await asyncio.gather(self._commit_task, return_exceptions=True)
+                    self._commit_task = None
+                # A new consumer resumes from the committed offsets: what was read and not written is
+                # read again (the history drops what was written already).
+                self._pending, self._pending_offsets, self._written = [], {}, {}
+                self._uncommitted = False
                 self._sub = None
                 self._on_main(self.ready.clear)
                 metrics.BRIDGE_ASSIGNED.set(0)
@@ -177,10 +189,14 @@ class Bridge:
             if messages:
                 self._accept(messages)
             await self._flush()
+            if self._commit_task is not None:
+                continue  # one commit in flight at a time
             since = time.monotonic() - self._last_commit
-            if not self._pending and ((self._uncommitted and since >= self.COMMIT_INTERVAL_S)
-                                      or (assigned and since > self.IDLE_COMMIT_S)):
-                await self._commit(sub)
+            if self._written and since >= self.COMMIT_INTERVAL_S:
+                self._commit_task = asyncio.create_task(self._commit(sub, self._written))
+                self._written = {}
+            elif not self._pending and not self._uncommitted and assigned and since > self.IDLE_COMMIT_S:
+                await self._commit(sub, None)  # positions: every record polled was written
 
     def _accept(self, messages: list[Message]) -> None:
         local: list[tuple[str, Event]] = []
@@ -192,8 +208,10 @@ class Bridge:
                 # Poison record: nothing could ever process it, so it must not block the partition.
                 metrics.BRIDGE_EVENTS.labels("invalid").inc()
                 log.error("undecodable event skipped", partition=m.partition, offset=m.offset, error=str(exc))
+                self._pending_offsets[m.partition] = m.offset + 1  # processed: committed with the rest
                 continue
             self._pending.append((env.project, env.id, m.value))
+            self._pending_offsets[m.partition] = m.offset + 1
             if redis_down:
                 local.append((env.project, Event(None, m.value)))
         if self._pending_ts is None and messages:
@@ -205,6 +223,9 @@ class Bridge:
             metrics.BRIDGE_EVENTS.labels("local_only").inc()
 
     async def _flush(self) -> None:
+        if not self._pending and self._pending_offsets:  # only undecodable records: nothing to write
+            self._written.update(self._pending_offsets)
+            self._pending_offsets = {}
         if not self._pending or time.monotonic() < self._retry_at:
             metrics.BRIDGE_PENDING.set(len(self._pending))
             return
@@ -228,6 +249,8 @@ class Bridge:
         self._backoff = 0.2
         self._retry_at = 0.0
         self._pending = []
+        self._written.update(self._pending_offsets)
+        self._pending_offsets = {}
         published = sum(1 for p in positions if p is not None)
         metrics.BRIDGE_EVENTS.labels("published").inc(published)
         metrics.BRIDGE_EVENTS.labels("duplicate").inc(len(positions) - published)
@@ -236,23 +259,32 @@ class Bridge:
             self._pending_ts = None
         metrics.BRIDGE_PENDING.set(0)
 
-    async def _commit(self, sub: EventSubscription) -> None:
+    async def _commit(self, sub: EventSubscription, offsets: dict[int, int] | None) -> None:
+        """Commit ``offsets`` (written to Redis), or with None the positions (nothing unwritten)."""
+        self._last_commit = time.monotonic()
         try:
-            await sub.commit()
+            await sub.commit(offsets)
         except Exception as exc:  # noqa: BLE001 - e.g. a rebalance; the records are redelivered, deduped
             log.warning("bridge commit failed; records may be redelivered (they are deduplicated)",
                         error=f"{type(exc).__name__}: {exc}")
-            return
-        self._uncommitted = False
-        self._last_commit = time.monotonic()
+            if offsets:  # retried with the next commit, unless newer offsets supersede them
+                for partition, offset in offsets.items():
+                    self._written.setdefault(partition, offset)
+        finally:
+            if asyncio.current_task() is self._commit_task:
+                self._commit_task = None
+        self._uncommitted = bool(self._pending or self._written)
 
     async def _final_flush(self, sub: EventSubscription) -> None:
         """On shutdown: write what is pending (briefly) and commit, so the next owner starts after it."""
-        if not self._uncommitted:
+        if not self._uncommitted and not self._written and self._commit_task is None:
             return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(3):
+                if self._commit_task is not None:
+                    await asyncio.shield(self._commit_task)
                 self._retry_at = 0.0
                 await self._flush()
-                if not self._pending:
-                    await sub.commit()
+                if self._written:
+                    await sub.commit(self._written)
+                    self._written = {}

@@ -23,6 +23,18 @@ async def test_groups_each_see_every_message_and_resume_after_commit():
     assert bus._log == []  # everything committed by every group is dropped
 
 
+async def test_commit_of_explicit_offsets_keeps_the_rest_for_redelivery():
+    bus = MemoryBus()
+    sub = bus.subscription("g")
+    await sub.start()
+    await bus.publisher().publish([(b"k", b"one"), (b"k", b"two"), (b"k", b"three")])
+    got = await sub.poll(0.1)
+    await sub.commit({0: got[0].offset + 1})  # only the first was processed
+    await sub.stop()
+    await sub.start()
+    assert [m.value for m in await sub.poll(0.1)] == [b"two", b"three"]
+
+
 async def test_poll_wakes_on_publish():
     bus = MemoryBus()
     sub = bus.subscription("g")
