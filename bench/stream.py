@@ -511,7 +511,9 @@ async def bench(args) -> dict:
             per = [(bulk // args.workers + (1 if i < bulk % args.workers else 0), args.lazy_ms / 1000)
                    for i in range(args.workers)]
             started = time.perf_counter()
-            for n, lazy_s in [(probes, 0.0)] + per:  # the probes connect first: random spots in fan-out order
+            # The server starts every fan-out round at a random client, so the probes, wherever the
+            # server keeps them, sample every position of the fan-out order over the run.
+            for n, lazy_s in [(probes, 0.0)] + per:
                 if n <= 0:
                     continue
                 workers.append(subprocess.Popen(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -267,7 +268,14 @@ class Hub:
             del feed.events[:drop]
             feed.first_seq += drop
             feed.groups.clear()
-        feed.clients = list(self.clients.get(feed.project, ()))
+        clients = list(self.clients.get(feed.project, ()))
+        if len(clients) > 1:
+            # Each round starts at a random client. A set's order is fixed (by memory address), so
+            # otherwise the same clients would always be served first and the same ones last: at
+            # 2,000 clients, tens of milliseconds later on every event.
+            k = random.randrange(len(clients))
+            clients = clients[k:] + clients[:k]
+        feed.clients = clients
         feed.index = 0
         feed.round_last = feed.last_seq
         self._rounds.append(feed)

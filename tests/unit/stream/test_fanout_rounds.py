@@ -91,3 +91,48 @@ async def test_events_arriving_mid_fan_out_reach_everyone_once_in_order_with_few
         for t in _Server.transports:
             t.close()
         server.close()
+
+
+async def test_no_client_is_always_served_last():
+    """Rounds start at a random client: over many events, every client is sometimes early."""
+    loop = asyncio.get_running_loop()
+    _Server.transports = []
+    server = await loop.create_server(_Server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    n = 40
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]
+    while len(_Server.transports) < n:
+        await asyncio.sleep(0.01)
+    hub = Hub()
+    order: list[int] = []  # client numbers in the order their writes happened
+    clients = []
+    for i, transport in enumerate(_Server.transports):
+        client = Client("p", execution=None, types=None, limit=1000, cursor=(0, 0))
+        client.needs_sync = False
+        hub.add(client)
+        client.sink = _Sink(transport)
+        real = transport.write
+        transport.write = lambda data, i=i, real=real: (order.append(i), real(data))
+        clients.append(client)
+    try:
+        events = 60
+        positions: dict[int, list[int]] = {i: [] for i in range(n)}
+        for pos in range(1, events + 1):
+            order.clear()
+            hub.deliver("p", [_event(pos)])
+            async with asyncio.timeout(10):
+                while hub._rounds:
+                    await asyncio.sleep(0)
+            assert sorted(order) == list(range(n))  # everyone, once
+            for rank, i in enumerate(order):
+                positions[i].append(rank)
+        # With a fixed order each client would hold one rank throughout; here every client is in
+        # the first half for some events and in the second half for others.
+        for i, ranks in positions.items():
+            assert min(ranks) < n // 2 <= max(ranks), (i, ranks)
+    finally:
+        for _reader, writer in conns:
+            writer.close()
+        for t in _Server.transports:
+            t.close()
+        server.close()
