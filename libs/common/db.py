@@ -54,6 +54,27 @@ async def create_pool(settings: DatabaseSettings, *, application_name: str = "at
     )
 
 
+async def warm_pool(pool: asyncpg.Pool, count: int, *, timeout_s: float = 5.0) -> int:
+    """Open ``count`` connections now (``DB_POOL_MIN``), so the first requests do not pay for them.
+
+    Best-effort: the pool is created empty so that a service starts while PostgreSQL is down, and
+    a failure here only means connections open on demand. Returns how many were opened.
+    """
+    if count <= 0:
+        return 0
+    tasks = [asyncio.ensure_future(pool.acquire()) for _ in range(count)]
+    try:
+        _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        # Every connection acquired goes back, including one that won a race with its cancel.
+        opened = [t.result() for t in tasks if t.done() and not t.cancelled() and t.exception() is None]
+        await asyncio.gather(*(pool.release(c) for c in opened), return_exceptions=True)
+    return len(opened)
+
+
 async def connect(dsn: str, *, application_name: str = "atas") -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn, server_settings={"application_name": application_name}, timeout=10)
     await _init_connection(conn)

@@ -18,8 +18,10 @@ from .app import SETTINGS, add_readiness_check
 from .bus import EventBus, KafkaBus, MemoryBus
 from .config import Settings
 from .db import create_pool, ping
+from .db import warm_pool as warm_db_pool
 from .logging import get_logger
-from .redis import create_redis, warm_pool
+from .redis import create_redis
+from .redis import warm_pool as warm_redis_pool
 
 log = get_logger(__name__)
 
@@ -56,10 +58,16 @@ def install_engines(app: web.Application, *, application_name: str, bus: EventBu
 
     async def ctx(app_: web.Application):
         if settings.db is not None:
+            # Created empty, so that the service starts while PostgreSQL is down; DB_POOL_MIN
+            # connections are then opened when it is up (the first requests do not pay for them).
             engines.pool = await create_pool(settings.db, application_name=application_name, min_size=0)
+            warmed = await warm_db_pool(engines.pool, settings.db.pool_min, timeout_s=2.0)
+            if warmed < settings.db.pool_min:
+                log.warning("postgres unreachable at start; connections will open on demand",
+                            opened=warmed, wanted=settings.db.pool_min)
         if settings.redis is not None:
             engines.redis = create_redis(settings.redis)
-            await warm_pool(engines.redis, settings.redis)
+            await warm_redis_pool(engines.redis, settings.redis)
         log.info("engines ready", db=settings.db.redacted() if settings.db else None,
                  redis=f"{settings.redis.host}:{settings.redis.port}" if settings.redis else "in-process",
                  events=settings.kafka.bootstrap_servers if settings.kafka else "in-process")

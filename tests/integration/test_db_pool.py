@@ -1,0 +1,44 @@
+"""DB_POOL_MIN: the pool starts empty (services start while PostgreSQL is down) and is then warmed."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+
+import pytest
+
+from atas.common.config import DatabaseSettings
+from atas.common.db import create_pool, warm_pool
+
+pytestmark = pytest.mark.pg
+
+
+async def test_warm_up_opens_pool_min_connections_that_requests_then_reuse(pg):
+    name = f"atas-warm-{uuid.uuid4().hex[:8]}"
+    pool = await create_pool(DatabaseSettings(dsn=pg, pool_min=3, pool_max=10), application_name=name,
+                             min_size=0)
+    try:
+        assert pool.get_size() == 0  # nothing opened by creating it
+        assert await warm_pool(pool, 3) == 3
+        assert pool.get_idle_size() == 3
+        async with pool.acquire() as conn:
+            sessions = await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", name)
+        assert sessions == 3  # the warmed connections served the query: none was opened for it
+    finally:
+        await pool.close()
+
+
+async def test_warm_up_with_postgres_unreachable_gives_up_quietly():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pool = await create_pool(DatabaseSettings(dsn=f"postgresql://atas@127.0.0.1:{port}/atas", pool_min=2, pool_max=4),
+                             min_size=0)
+    try:
+        started = time.monotonic()
+        assert await warm_pool(pool, 2, timeout_s=2.0) == 0
+        assert time.monotonic() - started < 3
+        assert pool.get_size() == 0 or pool.get_idle_size() == pool.get_size()  # nothing left acquired
+    finally:
+        await pool.close()
