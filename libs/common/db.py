@@ -58,19 +58,23 @@ async def warm_pool(pool: asyncpg.Pool, count: int, *, timeout_s: float = 5.0) -
     """Open ``count`` connections now (``DB_POOL_MIN``), so the first requests do not pay for them.
 
     Best-effort: the pool is created empty so that a service starts while PostgreSQL is down, and
-    a failure here only means connections open on demand. Returns how many were opened.
+    a failure here only means connections open on demand. Returns how many were opened. Like any
+    idle connection they are closed after 60 s without use (asyncpg cannot keep a floor in a pool
+    created empty: its ``init_size`` must be at least ``min_size``).
     """
     if count <= 0:
         return 0
     tasks = [asyncio.ensure_future(pool.acquire()) for _ in range(count)]
     try:
-        _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=timeout_s)
     finally:
-        # Every connection acquired goes back, including one that won a race with its cancel.
-        opened = [t.result() for t in tasks if t.done() and not t.cancelled() and t.exception() is None]
+        # Also when start-up itself is cancelled (SIGTERM while PostgreSQL is slow): stop what is
+        # still connecting, then give back every connection acquired, including one that won a
+        # race with its cancel, so none stays checked out of the pool.
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        opened = [t.result() for t in tasks if not t.cancelled() and t.exception() is None]
         await asyncio.gather(*(pool.release(c) for c in opened), return_exceptions=True)
     return len(opened)
 

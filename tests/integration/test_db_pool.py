@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 import uuid
@@ -42,3 +43,23 @@ async def test_warm_up_with_postgres_unreachable_gives_up_quietly():
         assert pool.get_size() == 0 or pool.get_idle_size() == pool.get_size()  # nothing left acquired
     finally:
         await pool.close()
+
+
+async def test_a_cancelled_warm_up_leaves_no_connection_checked_out(pg):
+    """SIGTERM during start-up: the warm-up is cancelled mid-way and must give back what it holds."""
+    pool = await create_pool(DatabaseSettings(dsn=pg, pool_min=4, pool_max=4), min_size=0)
+    try:
+        task = asyncio.create_task(warm_pool(pool, 4, timeout_s=10))
+        async with asyncio.timeout(10):
+            while pool.get_size() < 1:  # some connections are open or opening
+                await asyncio.sleep(0.001)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        # Every one of the 4 slots can be acquired at once: nothing was left checked out.
+        async with asyncio.timeout(5):
+            conns = [await pool.acquire() for _ in range(4)]
+        for c in conns:
+            await pool.release(c)
+    finally:
+        async with asyncio.timeout(10):
+            await pool.close()
