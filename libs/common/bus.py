@@ -27,7 +27,7 @@ log = get_logger(__name__)
 
 class Message(msgspec.Struct, frozen=True):
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (Kafka allows records without a value)
     partition: int
     offset: int
     timestamp_ms: int | None = None
@@ -49,6 +49,9 @@ class EventSubscription(Protocol):
     async def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]: ...
     async def commit(self, offsets: dict[int, int] | None = None) -> None: ...
     def assigned(self) -> bool: ...
+    def epoch(self) -> int:
+        """Changes whenever this member's partitions may have changed (a rebalance, a rejoin):
+        offsets learned under an older epoch may belong to partitions owned by someone else."""
 
 
 class EventBus(Protocol):
@@ -117,12 +120,21 @@ class KafkaSubscription:
         self._client_id = client_id
         self._reset = "earliest" if from_beginning else "latest"
         self._consumer = None
+        self._epoch = 0
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer
+        from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
+        subscription = self
+
+        class Rebalances(ConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked) -> None:
+                subscription._epoch += 1
+
+            async def on_partitions_assigned(self, assigned) -> None:
+                subscription._epoch += 1
 
         consumer = AIOKafkaConsumer(
-            self._settings.topic,
             bootstrap_servers=self._settings.bootstrap_servers,
             group_id=self._group,
             client_id=self._client_id,
@@ -132,6 +144,7 @@ class KafkaSubscription:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=3_000,
         )
+        consumer.subscribe([self._settings.topic], listener=Rebalances())
         try:
             await consumer.start()
         except BaseException:
@@ -147,6 +160,9 @@ class KafkaSubscription:
     def assigned(self) -> bool:
         return bool(self._consumer is not None and self._consumer.assignment())
 
+    def epoch(self) -> int:
+        return self._epoch
+
     async def poll(self, timeout_s: float, max_records: int = 500) -> list[Message]:
         assert self._consumer is not None, "subscription not started"
         batches = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -160,10 +176,13 @@ class KafkaSubscription:
         if offsets is None:
             await self._consumer.commit()
             return
-        from aiokafka import TopicPartition
-
-        if offsets:
-            await self._consumer.commit({TopicPartition(self._settings.topic, p): o for p, o in offsets.items()})
+        # Only partitions this member still owns: aiokafka refuses the whole commit otherwise, and
+        # a revoked partition's records are the new owner's to commit (it re-reads them; the
+        # consumers of this bus deduplicate).
+        owned = {tp.partition: tp for tp in self._consumer.assignment()}
+        mine = {owned[p]: o for p, o in offsets.items() if p in owned}
+        if mine:
+            await self._consumer.commit(mine)
 
 
 class KafkaBus:
@@ -287,8 +306,13 @@ class MemorySubscription:
         self._name = group
         self._from_beginning = from_beginning
         self._group: _Group | None = None
+        self._epoch = 0
+
+    def epoch(self) -> int:
+        return self._epoch
 
     async def start(self) -> None:
+        self._epoch += 1
         self._group = self._bus._join(self._name, self._from_beginning)
         # Like a Kafka consumer rejoining: resume after the last commit, redelivering the rest.
         self._group.position = self._group.committed

@@ -76,6 +76,7 @@ class Bridge:
         self._pending_offsets: dict[int, int] = {}  # partition → next offset, of the pending events
         self._written: dict[int, int] = {}  # partition → next offset, written to Redis, to commit
         self._commit_task: asyncio.Task | None = None
+        self._epoch: int | None = None  # the subscription's epoch the offsets above belong to
         self._pending_ts: float | None = None
         self._uncommitted = False
         self._last_commit = 0.0
@@ -166,7 +167,9 @@ class Bridge:
                 # A new consumer resumes from the committed offsets: what was read and not written is
                 # read again (the history drops what was written already).
                 self._pending, self._pending_offsets, self._written = [], {}, {}
+                self._pending_ts = None
                 self._uncommitted = False
+                self._epoch = None
                 self._sub = None
                 self._on_main(self.ready.clear)
                 metrics.BRIDGE_ASSIGNED.set(0)
@@ -182,6 +185,13 @@ class Bridge:
             else:
                 messages = []
                 await asyncio.sleep(self.POLL_S)
+            epoch = sub.epoch()
+            if epoch != self._epoch:
+                # A rebalance: the offsets noted so far may be of partitions now owned elsewhere (or
+                # owned again after someone else committed further). Commit none of them; the
+                # records are re-read from the committed offsets and the history drops repeats.
+                self._epoch = epoch
+                self._written, self._pending_offsets = {}, {}
             assigned = sub.assigned()
             metrics.BRIDGE_ASSIGNED.set(1 if assigned else 0)
             if assigned and not self.ready.is_set():
@@ -193,16 +203,19 @@ class Bridge:
                 continue  # one commit in flight at a time
             since = time.monotonic() - self._last_commit
             if self._written and since >= self.COMMIT_INTERVAL_S:
-                self._commit_task = asyncio.create_task(self._commit(sub, self._written))
+                self._commit_task = asyncio.create_task(self._commit(sub, self._written, epoch))
                 self._written = {}
             elif not self._pending and not self._uncommitted and assigned and since > self.IDLE_COMMIT_S:
-                await self._commit(sub, None)  # positions: every record polled was written
+                await self._commit(sub, None, epoch)  # positions: every record polled was written
 
     def _accept(self, messages: list[Message]) -> None:
         local: list[tuple[str, Event]] = []
-        redis_down = bool(self._pending)
+        # Writes are failing (events wait, or the last write failed): deliver locally meanwhile.
+        redis_down = bool(self._pending) or self._backoff > 0.2
         for m in messages:
             try:
+                if m.value is None:  # a tombstone: no event at all
+                    raise msgspec.DecodeError("record without a value")
                 env = _decoder.decode(m.value)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 # Poison record: nothing could ever process it, so it must not block the partition.
@@ -259,16 +272,17 @@ class Bridge:
             self._pending_ts = None
         metrics.BRIDGE_PENDING.set(0)
 
-    async def _commit(self, sub: EventSubscription, offsets: dict[int, int] | None) -> None:
-        """Commit ``offsets`` (written to Redis), or with None the positions (nothing unwritten)."""
+    async def _commit(self, sub: EventSubscription, offsets: dict[int, int] | None, epoch: int) -> None:
+        """Commit ``offsets`` (written to Redis, noted in ``epoch``), or with None the positions
+        (nothing unwritten)."""
         self._last_commit = time.monotonic()
         try:
             await sub.commit(offsets)
         except Exception as exc:  # noqa: BLE001 - e.g. a rebalance; the records are redelivered, deduped
             log.warning("bridge commit failed; records may be redelivered (they are deduplicated)",
                         error=f"{type(exc).__name__}: {exc}")
-            if offsets:  # retried with the next commit, unless newer offsets supersede them
-                for partition, offset in offsets.items():
+            if offsets and sub.epoch() == epoch:  # retried with the next commit, unless newer
+                for partition, offset in offsets.items():  # offsets or a rebalance supersede them
                     self._written.setdefault(partition, offset)
         finally:
             if asyncio.current_task() is self._commit_task:
@@ -285,6 +299,6 @@ class Bridge:
                     await asyncio.shield(self._commit_task)
                 self._retry_at = 0.0
                 await self._flush()
-                if self._written:
+                if self._written and sub.epoch() == self._epoch:
                     await sub.commit(self._written)
                     self._written = {}

@@ -46,6 +46,52 @@ async def test_kafka_produce_consume_round_trip_with_commit(kafka_settings):
         await pub.stop()
 
 
+@pytest.mark.kafka
+async def test_kafka_commit_after_a_rebalance_covers_only_owned_partitions(kafka_settings):
+    """A member that noted offsets of 3 partitions, then lost some to a new member, can still commit:
+    its own partitions are committed, the others are left to their new owner."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    bus = KafkaBus(kafka_settings)
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    pub = bus.publisher("test")
+    await pub.start()
+    first = bus.subscription(group, from_beginning=True)
+    second = bus.subscription(group, from_beginning=True)
+    await first.start()
+    try:
+        await pub.publish([(f"k{i}".encode(), b"v") for i in range(30)])  # every partition gets some
+        noted: dict[int, int] = {}
+        async with asyncio.timeout(30):
+            while sum(noted.values()) < 30 or len(noted) < 3:
+                for m in await first.poll(1.0):
+                    noted[m.partition] = m.offset + 1
+        epoch = first.epoch()
+        await second.start()  # a second member joins: partitions are split between the two
+        async with asyncio.timeout(60):
+            while not second.assigned() or first.epoch() == epoch or len(_owned(first)) == 3:
+                await first.poll(0.2)
+                await second.poll(0.2)
+        mine = _owned(first)
+        await first.commit(noted)  # offsets of a revoked partition too: must not fail the whole commit
+        check = AIOKafkaConsumer(bootstrap_servers=kafka_settings.bootstrap_servers, group_id=group)
+        await check.start()
+        try:
+            committed = {p: await check.committed(TopicPartition(kafka_settings.topic, p)) for p in range(3)}
+        finally:
+            await check.stop()
+        assert mine and all(committed[p] == noted[p] for p in mine)
+        assert all(committed[p] is None for p in set(range(3)) - mine)
+    finally:
+        await second.stop()
+        await first.stop()
+        await pub.stop()
+
+
+def _owned(sub) -> set[int]:
+    return {tp.partition for tp in sub._consumer.assignment()}
+
+
 @pytest.mark.redis
 async def test_redis_pubsub_round_trip(redis_settings):
     client = create_redis(redis_settings)

@@ -139,3 +139,33 @@ async def test_offsets_follow_the_redis_writes_and_a_new_bridge_resumes_after_th
 
 async def _is(awaitable, expected) -> bool:
     return await awaitable == expected
+
+
+async def test_a_tombstone_record_is_skipped_not_a_dead_end(redis_settings, kafka_settings, prefix):
+    """A record without a value (a Kafka tombstone) is counted invalid and passed; the next event flows."""
+    from aiokafka import AIOKafkaProducer
+
+    bus = KafkaBus(kafka_settings)
+    group = f"test-bridge-{uuid.uuid4().hex[:8]}"
+    await _start_at_zero(kafka_settings, group)
+    redis = create_redis(redis_settings)
+    history = RedisHistory(redis, prefix=prefix, max_len=1000, ttl_s=600, dedupe_ttl_s=600)
+    bridge = Bridge(bus, history, Hub(), group=group, batch=100)
+    raw = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers)
+    await raw.start()
+    pub = bus.publisher("test")
+    await pub.start()
+    try:
+        await bridge.start()
+        await asyncio.wait_for(bridge.ready.wait(), 60)
+        event = envelope("demo", execution="e-same-key")
+        await raw.send_and_wait(kafka_settings.topic, value=None, key=b"e-same-key")  # same partition
+        await pub.publish(messages([event]))
+        await _eventually(lambda: _is(redis.xlen(history.key("demo")), 1), what="event after the tombstone")
+        entries = await redis.xrange(history.key("demo"))
+        assert event.id.encode() in entries[0][1][b"e"]
+    finally:
+        await bridge.stop()
+        await pub.stop()
+        await raw.stop()
+        await redis.aclose()
