@@ -57,9 +57,9 @@ def test_config_names_the_variable():
 def test_events_name_the_status_and_recent_entries_they_make_stale():
     event = new_event("results.recorded", project="demo", execution_id="e1", seq=2, data={})
     messages = [Message(b"e1", encode_event(event), 0, 1), Message(b"x", b"not json", 0, 2),
-                Message(b"e1", encode_event(event), 0, 3)]
+                Message(b"e1", encode_event(event), 0, 3), Message(b"x", None, 0, 4)]  # a tombstone
     keys, bad = stale_keys(messages)
-    assert bad == 1
+    assert bad == 2
     assert keys == [c.status_key("demo", "e1"), c.recent_key("demo")]
 
 
