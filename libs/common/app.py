@@ -214,6 +214,7 @@ async def serve(app: web.Application, *, host: str = "0.0.0.0", port: int = 8080
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        gc.unfreeze()  # what start-up made may now become garbage (and serve() may run again)
         started = time.perf_counter()
         await runner.cleanup()
         log.info("stopped", service=app[SERVICE], ms=round((time.perf_counter() - started) * 1000, 1))
