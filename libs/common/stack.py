@@ -37,6 +37,18 @@ class StackError(Exception):
     """Something the user must fix (missing Java, a port in use, ...); the message says what."""
 
 
+def kafka_cluster_id() -> str:
+    """A random KRaft cluster id: a UUID in URL-safe base64, like ``kafka-storage random-uuid``.
+
+    Never starting with "-" (as Kafka's own Uuid.randomUuid ensures): the storage tool's argument
+    parser would read such an id as an option, and formatting failed once in 64 starts.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _say(message: str) -> None:
     print(f"[atas stack] {message}", file=sys.stderr, flush=True)
 
@@ -400,7 +412,7 @@ class Stack:
         # Listener ports change on every start; a fresh KRaft log per start keeps the quorum config
         # consistent. Local stack data is disposable by design.
         shutil.rmtree(data, ignore_errors=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = kafka_cluster_id()
         proc = subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
                                "-c", str(props)], capture_output=True, text=True)
         if proc.returncode != 0:
