@@ -39,6 +39,9 @@ class RedisSettings(msgspec.Struct, frozen=True):
     host: str
     port: int = 6379
     password: str | None = None
+    username: str | None = None  # an ACL user (Redis 6+, managed services' RBAC); None: "default"
+    tls: bool = False  # in-transit encryption, server certificate and host name verified
+    tls_ca_file: str | None = None  # CA bundle for the server certificate; None: the system's
     timeout_ms: int = 2000
     pool_max_active: int = 8
     pool_max_idle: int = 8
@@ -258,9 +261,19 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
         e.problems.append(f"REDIS_POOL_MIN_IDLE ({min_idle}) must not exceed REDIS_POOL_MAX_IDLE ({max_idle})")
     if max_idle > max_active:
         e.problems.append(f"REDIS_POOL_MAX_IDLE ({max_idle}) must not exceed REDIS_POOL_MAX_ACTIVE ({max_active})")
+    redis_password, redis_username = e.str("REDIS_PASSWORD"), e.str("REDIS_USERNAME")
+    if redis_username and not redis_password:
+        e.problems.append("REDIS_USERNAME is set without REDIS_PASSWORD: an ACL user authenticates with both")
+    redis_tls = e.bool("REDIS_TLS", False)
+    redis_ca = e.str("REDIS_TLS_CA_FILE")
+    if redis_ca and not redis_tls:
+        e.problems.append("REDIS_TLS_CA_FILE is set but REDIS_TLS is not true: connections would not be encrypted")
+    elif redis_ca and not os.access(redis_ca, os.R_OK):
+        e.problems.append(f"REDIS_TLS_CA_FILE {redis_ca!r} is not a readable file")
     if redis_host:
         redis = RedisSettings(
-            host=redis_host, port=redis_port, password=e.str("REDIS_PASSWORD"), timeout_ms=timeout_ms,
+            host=redis_host, port=redis_port, password=redis_password, username=redis_username,
+            tls=redis_tls, tls_ca_file=redis_ca, timeout_ms=timeout_ms,
             pool_max_active=max_active, pool_max_idle=max_idle, pool_min_idle=min_idle,
         )
 

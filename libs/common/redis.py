@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
-from redis.asyncio import BlockingConnectionPool, Redis
+import ssl
+
+from redis.asyncio import BlockingConnectionPool, Redis, SSLConnection
 
 from .config import RedisSettings
 from .logging import get_logger
@@ -34,12 +36,26 @@ class BoundedIdlePool(BlockingConnectionPool):
             await extra.disconnect()
 
 
+def ssl_context(settings: RedisSettings) -> ssl.SSLContext | None:
+    """For ``REDIS_TLS``: verify the server's certificate (``REDIS_TLS_CA_FILE``, else the system's
+    CAs) and that it names ``REDIS_HOST``. None without TLS."""
+    if not settings.tls:
+        return None
+    return ssl.create_default_context(cafile=settings.tls_ca_file)
+
+
 def create_redis(settings: RedisSettings, *, decode_responses: bool = False) -> Redis:
     timeout = settings.timeout_ms / 1000
+    tls = {}
+    if settings.tls:
+        tls = {"connection_class": SSLConnection, "ssl_cert_reqs": "required", "ssl_check_hostname": True,
+               "ssl_ca_certs": settings.tls_ca_file}
     pool = BoundedIdlePool(
         host=settings.host,
         port=settings.port,
+        username=settings.username,
         password=settings.password,
+        **tls,
         max_connections=settings.pool_max_active,
         max_idle=settings.pool_max_idle,
         timeout=timeout,  # wait this long for a free connection, then raise

@@ -25,6 +25,7 @@ from typing import Protocol
 import msgspec
 
 from atas.common.config import RedisSettings
+from atas.common.redis import ssl_context
 from atas.common.logging import get_logger
 
 from . import metrics
@@ -686,12 +687,18 @@ class RedisFanout:
             conn: _PubSubProtocol | None = None
             pinger = None
             try:
+                tls = ssl_context(self._settings)
                 _transport, conn = await asyncio.wait_for(
                     loop.create_connection(lambda: _PubSubProtocol(self._on_replies),
-                                           self._settings.host, self._settings.port), self._timeout)
+                                           self._settings.host, self._settings.port, ssl=tls,
+                                           server_hostname=self._settings.host if tls else None),
+                    self._timeout)
                 self._conn = conn
-                if self._settings.password:
-                    self._send(encode_command("AUTH", self._settings.password))  # an error reply drops us
+                if self._settings.password:  # an error reply drops us
+                    credentials = [self._settings.password]
+                    if self._settings.username:
+                        credentials.insert(0, self._settings.username)
+                    self._send(encode_command("AUTH", *credentials))
                 wanted = list(self._refs)
                 if wanted:
                     self._send_subscribe(wanted)

@@ -86,3 +86,20 @@ def test_jdbc_ssl_maps_to_sslmode_and_unknown_parameters_are_named():
 def test_non_finite_numbers_are_refused():
     with pytest.raises(ConfigError, match="SHUTDOWN_DRAIN_SECONDS must be a finite number"):
         load_settings({**BASE, "DB_URL": "postgresql://h/db", "SHUTDOWN_DRAIN_SECONDS": "nan"})
+
+
+def test_redis_tls_and_acl_settings_refuse_combinations_that_would_not_do_what_was_meant(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {**BASE, "DB_URL": "postgresql://h/db", "REDIS_HOST": "r"}
+    redis = load_settings({**env, "REDIS_TLS": "true", "REDIS_TLS_CA_FILE": str(ca), "REDIS_USERNAME": "atas",
+                           "REDIS_PASSWORD": "pw"}).redis
+    assert (redis.tls, redis.tls_ca_file, redis.username, redis.password) == (True, str(ca), "atas", "pw")
+    assert load_settings(env).redis.tls is False
+    with pytest.raises(ConfigError) as info:
+        load_settings({**env, "REDIS_TLS_CA_FILE": str(ca), "REDIS_USERNAME": "atas"})
+    text = str(info.value)
+    assert "REDIS_TLS_CA_FILE is set but REDIS_TLS is not true" in text  # would silently stay plaintext
+    assert "REDIS_USERNAME is set without REDIS_PASSWORD" in text
+    with pytest.raises(ConfigError, match="REDIS_TLS_CA_FILE '/nowhere/ca.pem' is not a readable file"):
+        load_settings({**env, "REDIS_TLS": "yes", "REDIS_TLS_CA_FILE": "/nowhere/ca.pem"})

@@ -1,0 +1,119 @@
+"""Redis over TLS with an ACL user (REDIS_TLS, REDIS_TLS_CA_FILE, REDIS_USERNAME), as managed
+services with in-transit encryption require: a real redis-server with a TLS port and its own CA."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+import redis.exceptions
+
+from atas.common.config import RedisSettings, load_settings
+from atas.common.redis import create_redis
+from atas.stream.fanout import Hub, RedisFanout
+
+USER, PASSWORD = "atas", "tls-test-password"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory):
+    """A redis-server that only speaks TLS, with a certificate for 127.0.0.1 from a private CA,
+    and only the ACL user ``atas`` (the default user is off)."""
+    for tool in ("redis-server", "openssl"):
+        assert shutil.which(tool), f"{tool} is required (scripts/test installs it)"
+    d = tmp_path_factory.mktemp("redis-tls")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+             "-days", "2", "-subj", "/CN=atas test CA", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=127.0.0.1", cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", "server.crt", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
+         "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
+         "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all", "--user", "default", "off"],
+        cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None:
+                raise RuntimeError("redis-server with TLS did not start")
+            time.sleep(0.05)
+        yield port, str(d / "ca.crt")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _settings(port: int, ca: str | None, **kw) -> RedisSettings:
+    return RedisSettings(host="127.0.0.1", port=port, tls=True, tls_ca_file=ca, username=USER,
+                         password=PASSWORD, timeout_ms=2000, **kw)
+
+
+async def test_commands_and_pubsub_fanout_work_over_tls_with_an_acl_user(tls_redis):
+    port, ca = tls_redis
+    settings = load_settings({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port), "REDIS_TLS": "true",
+                              "REDIS_TLS_CA_FILE": ca, "REDIS_USERNAME": USER, "REDIS_PASSWORD": PASSWORD,
+                              "JWT_SECRET": "x" * 32, "DB_URL": "postgresql://h/db",
+                              "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}).redis
+    assert settings == _settings(port, ca)
+    client = create_redis(settings)
+    hub = Hub()
+    got: list[list[bytes]] = []
+    hub.deliver_published = lambda project, messages: got.append(messages)  # what the fan-out hands on
+    hub.clients["demo"] = set()
+    fanout = RedisFanout(settings, hub, channel_prefix="atas:tls:c:", linger_s=0.1)
+    await fanout.start()
+    try:
+        assert await client.set("atas:tls:k", b"v") and await client.get("atas:tls:k") == b"v"
+        assert await asyncio.wait_for(fanout.watch("demo"), 10)  # TLS, AUTH atas <password>, SUBSCRIBE
+        assert await client.publish("atas:tls:c:demo", b"hello") == 1
+        async with asyncio.timeout(10):
+            while not got:
+                await asyncio.sleep(0.02)
+        assert got == [[b"hello"]]
+    finally:
+        await fanout.stop()
+        await client.aclose()
+
+
+async def test_a_server_certificate_the_client_does_not_trust_is_refused(tls_redis):
+    port, _ca = tls_redis
+    client = create_redis(_settings(port, None))  # the system CAs do not know the test CA
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_plaintext_and_wrong_credentials_are_refused(tls_redis):
+    port, ca = tls_redis
+    plain = create_redis(RedisSettings(host="127.0.0.1", port=port, username=USER, password=PASSWORD,
+                                       timeout_ms=1000))
+    wrong = create_redis(msgspec.structs.replace(_settings(port, ca), password="wrong"))
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await plain.ping()
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            await wrong.ping()
+    finally:
+        await plain.aclose()
+        await wrong.aclose()
