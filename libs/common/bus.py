@@ -14,6 +14,7 @@ decide how bytes travel. Semantics shared by both engines:
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -65,6 +66,18 @@ class EventBus(Protocol):
 # --------------------------------------------------------------------------------------- Kafka
 
 
+def kafka_security(settings: KafkaSettings) -> dict:
+    """aiokafka arguments for KAFKA_SECURITY_PROTOCOL: TLS verifying the brokers' certificates and
+    host names (KAFKA_TLS_CA_FILE, else the system's CAs) and SASL PLAIN/SCRAM credentials."""
+    out: dict = {"security_protocol": settings.security_protocol}
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        out["ssl_context"] = ssl.create_default_context(cafile=settings.tls_ca_file)
+    if settings.security_protocol.startswith("SASL_"):
+        out.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
+                   sasl_plain_password=settings.sasl_password)
+    return out
+
+
 class KafkaPublisher:
     """aiokafka's idempotent producer (acks=all): retries inside the producer never duplicate."""
 
@@ -78,6 +91,7 @@ class KafkaPublisher:
 
         producer = AIOKafkaProducer(
             bootstrap_servers=self._settings.bootstrap_servers,
+            **kafka_security(self._settings),
             client_id=self._client_id,
             enable_idempotence=True,
             acks="all",
@@ -136,6 +150,7 @@ class KafkaSubscription:
 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.bootstrap_servers,
+            **kafka_security(self._settings),
             group_id=self._group,
             client_id=self._client_id,
             enable_auto_commit=False,
@@ -202,7 +217,8 @@ class KafkaBus:
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
         from aiokafka.errors import TopicAlreadyExistsError
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, request_timeout_ms=10_000,
+                                    **kafka_security(self.settings))
         try:
             await admin.start()
             if self.topic in await admin.list_topics():

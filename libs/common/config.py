@@ -48,9 +48,18 @@ class RedisSettings(msgspec.Struct, frozen=True):
     pool_min_idle: int = 0
 
 
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 class KafkaSettings(msgspec.Struct, frozen=True):
     bootstrap_servers: str
     topic: str = DEFAULT_TOPIC
+    security_protocol: str = "PLAINTEXT"  # one of KAFKA_PROTOCOLS
+    sasl_mechanism: str | None = None  # one of KAFKA_SASL_MECHANISMS, with SASL_*
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    tls_ca_file: str | None = None  # CA bundle for the brokers' certificates; None: the system's
 
 
 class CacheTtls(msgspec.Struct, frozen=True):
@@ -288,7 +297,31 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
                     f"KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...], got {bootstrap!r}"
                 )
                 break
-        kafka = KafkaSettings(bootstrap_servers=bootstrap, topic=topic)
+    protocol = (e.str("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") or "PLAINTEXT").upper()
+    mechanism = e.str("KAFKA_SASL_MECHANISM")
+    sasl_user, sasl_password = e.str("KAFKA_SASL_USERNAME"), e.str("KAFKA_SASL_PASSWORD")
+    kafka_ca = e.str("KAFKA_TLS_CA_FILE")
+    if protocol not in KAFKA_PROTOCOLS:
+        e.problems.append(f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(KAFKA_PROTOCOLS)}, got {protocol!r}")
+    elif protocol.startswith("SASL_"):
+        mechanism = (mechanism or "PLAIN").upper()
+        if mechanism not in KAFKA_SASL_MECHANISMS:
+            e.problems.append(f"KAFKA_SASL_MECHANISM must be one of {', '.join(KAFKA_SASL_MECHANISMS)}, "
+                              f"got {mechanism!r}")
+        if not sasl_user or not sasl_password:
+            e.problems.append(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+    elif mechanism or sasl_user or sasl_password:
+        e.problems.append(f"KAFKA_SASL_* is set but KAFKA_SECURITY_PROTOCOL is {protocol}: set SASL_SSL "
+                          "(or SASL_PLAINTEXT) to authenticate")
+    if kafka_ca and protocol not in ("SSL", "SASL_SSL"):
+        e.problems.append(f"KAFKA_TLS_CA_FILE is set but KAFKA_SECURITY_PROTOCOL is {protocol}: connections "
+                          "would not be encrypted (use SSL or SASL_SSL)")
+    elif kafka_ca and not os.access(kafka_ca, os.R_OK):
+        e.problems.append(f"KAFKA_TLS_CA_FILE {kafka_ca!r} is not a readable file")
+    if bootstrap:
+        kafka = KafkaSettings(bootstrap_servers=bootstrap, topic=topic, security_protocol=protocol,
+                              sasl_mechanism=mechanism if protocol.startswith("SASL_") else None,
+                              sasl_username=sasl_user, sasl_password=sasl_password, tls_ca_file=kafka_ca)
 
     jwt_secret = e.str("JWT_SECRET", required=serve) or ""
     if serve and jwt_secret and len(jwt_secret.encode()) < 32:

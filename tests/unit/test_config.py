@@ -103,3 +103,33 @@ def test_redis_tls_and_acl_settings_refuse_combinations_that_would_not_do_what_w
     assert "REDIS_USERNAME is set without REDIS_PASSWORD" in text
     with pytest.raises(ConfigError, match="REDIS_TLS_CA_FILE '/nowhere/ca.pem' is not a readable file"):
         load_settings({**env, "REDIS_TLS": "yes", "REDIS_TLS_CA_FILE": "/nowhere/ca.pem"})
+
+
+def test_kafka_security_settings_name_what_is_missing_or_contradictory(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {**BASE, "DB_URL": "postgresql://h/db"}
+    kafka = load_settings({**env, "KAFKA_SECURITY_PROTOCOL": "sasl_ssl", "KAFKA_SASL_MECHANISM": "scram-sha-512",
+                           "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p", "KAFKA_TLS_CA_FILE": str(ca)}).kafka
+    assert (kafka.security_protocol, kafka.sasl_mechanism, kafka.sasl_username, kafka.tls_ca_file) == \
+           ("SASL_SSL", "SCRAM-SHA-512", "u", str(ca))
+    plain = load_settings(env).kafka
+    assert (plain.security_protocol, plain.sasl_mechanism) == ("PLAINTEXT", None)
+    assert load_settings({**env, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "u",
+                          "KAFKA_SASL_PASSWORD": "p"}).kafka.sasl_mechanism == "PLAIN"
+    cases = {
+        "KAFKA_SECURITY_PROTOCOL must be one of": {"KAFKA_SECURITY_PROTOCOL": "TLS"},
+        "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD": {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+        "KAFKA_SASL_MECHANISM must be one of": {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "GSSAPI",
+                                                "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"},
+        "KAFKA_SASL_* is set but KAFKA_SECURITY_PROTOCOL is PLAINTEXT": {"KAFKA_SASL_USERNAME": "u"},
+        "KAFKA_TLS_CA_FILE is set but KAFKA_SECURITY_PROTOCOL is SASL_PLAINTEXT": {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p",
+            "KAFKA_TLS_CA_FILE": str(ca)},
+        "KAFKA_TLS_CA_FILE '/nowhere' is not a readable file": {"KAFKA_SECURITY_PROTOCOL": "SSL",
+                                                                 "KAFKA_TLS_CA_FILE": "/nowhere"},
+    }
+    for message, extra in cases.items():
+        with pytest.raises(ConfigError) as info:
+            load_settings({**env, **extra})
+        assert message in str(info.value), (message, str(info.value))

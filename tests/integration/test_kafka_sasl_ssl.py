@@ -1,0 +1,151 @@
+"""Kafka over TLS with SASL (KAFKA_SECURITY_PROTOCOL=SASL_SSL, KAFKA_SASL_*, KAFKA_TLS_CA_FILE), as
+managed brokers require: a real broker of its own with a SASL_SSL listener and a private CA."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+import pytest
+from aiokafka.errors import KafkaError
+
+from atas.common.bus import KafkaBus
+from atas.common.config import KafkaSettings, load_settings
+from atas.common.stack import Stack, free_port, kafka_cluster_id, port_open
+
+pytestmark = pytest.mark.kafka
+
+USER, PASSWORD = "atas", "sasl-test-password"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def sasl_ssl_broker(kafka_server):
+    """A single KRaft broker whose client listener speaks SASL_SSL (PLAIN and SCRAM users from a
+    JAAS config) with a certificate for 127.0.0.1 from a private CA. ``kafka_server`` first: the
+    test stack has fetched the broker's jars."""
+    assert shutil.which("openssl"), "openssl is required (scripts/test installs it)"
+    d = Path(tempfile.mkdtemp(prefix="atas-kafka-sasl-"))
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+             "-days", "2", "-subj", "/CN=atas test CA", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
+             "-subj", "/CN=127.0.0.1", cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "broker.crt", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    _openssl("pkcs8", "-topk8", "-nocrypt", "-in", "broker.key", "-out", "broker.p8", cwd=d)
+    (d / "keystore.pem").write_text((d / "broker.p8").read_text() + (d / "broker.crt").read_text())
+    port, internal, controller = free_port(), free_port(), free_port()
+    jaas = (f'org.apache.kafka.common.security.plain.PlainLoginModule required '
+            f'user_{USER}="{PASSWORD}";')
+    props = d / "server.properties"
+    props.write_text(textwrap.dedent(f"""\
+        process.roles=broker,controller
+        node.id=1
+        controller.quorum.voters=1@127.0.0.1:{controller}
+        listeners=SASL_SSL://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal},CONTROLLER://127.0.0.1:{controller}
+        advertised.listeners=SASL_SSL://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal}
+        controller.listener.names=CONTROLLER
+        listener.security.protocol.map=SASL_SSL:SASL_SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT
+        inter.broker.listener.name=INTERNAL
+        sasl.enabled.mechanisms=PLAIN
+        listener.name.sasl_ssl.plain.sasl.jaas.config={jaas}
+        ssl.keystore.type=PEM
+        ssl.keystore.location={d / "keystore.pem"}
+        log.dirs={d / "data"}
+        offsets.topic.replication.factor=1
+        offsets.topic.num.partitions=3
+        transaction.state.log.replication.factor=1
+        transaction.state.log.min.isr=1
+        share.coordinator.state.topic.replication.factor=1
+        share.coordinator.state.topic.min.isr=1
+        group.initial.rebalance.delay.ms=0
+        """))
+    stack = Stack(d)
+    java, classpath = stack._java(), f"{stack.kafka_libs()}/*"
+    subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(),
+                    "-c", str(props)], check=True, capture_output=True)
+    log = open(d / "kafka.log", "wb")
+    broker = subprocess.Popen([java, "-Xms128m", "-Xmx384m", "-cp", classpath, "kafka.Kafka", str(props)],
+                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while not port_open(port):
+            assert broker.poll() is None, (d / "kafka.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "SASL_SSL broker did not open its port"
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}", str(d / "ca.crt")
+    finally:
+        broker.terminate()
+        try:
+            broker.wait(20)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait()
+        log.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_publish_and_consume_over_sasl_ssl(sasl_ssl_broker):
+    bootstrap, ca = sasl_ssl_broker
+    topic = f"atas.events.sasl-{uuid.uuid4().hex[:8]}"
+    settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": topic,
+                              "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": USER,
+                              "KAFKA_SASL_PASSWORD": PASSWORD, "KAFKA_TLS_CA_FILE": ca,
+                              "DB_URL": "postgresql://h/db", "JWT_SECRET": "x" * 32}).kafka
+    assert settings == KafkaSettings(bootstrap_servers=bootstrap, topic=topic, security_protocol="SASL_SSL",
+                                     sasl_mechanism="PLAIN", sasl_username=USER, sasl_password=PASSWORD,
+                                     tls_ca_file=ca)
+    bus = KafkaBus(settings)
+    async with asyncio.timeout(60):  # the broker may still be electing itself
+        while True:
+            try:
+                await bus.ensure_topic(partitions=2)
+                break
+            except KafkaError:
+                await asyncio.sleep(0.5)
+    sub = bus.subscription(f"test-{uuid.uuid4().hex[:8]}", from_beginning=True)
+    pub = bus.publisher("test")
+    await sub.start()
+    await pub.start()
+    try:
+        await pub.publish([(b"k1", b"one"), (b"k2", b"two")])
+        got = []
+        async with asyncio.timeout(30):
+            while len(got) < 2:
+                got.extend(await sub.poll(1.0))
+        assert sorted(m.value for m in got) == [b"one", b"two"]
+        await sub.commit()
+    finally:
+        await pub.stop()
+        await sub.stop()
+
+
+async def test_wrong_password_and_untrusted_certificate_are_refused_with_the_reason_logged(sasl_ssl_broker,
+                                                                                           caplog):
+    bootstrap, ca = sasl_ssl_broker
+    good = KafkaSettings(bootstrap_servers=bootstrap, topic="atas.events.refused", security_protocol="SASL_SSL",
+                         sasl_mechanism="PLAIN", sasl_username=USER, sasl_password=PASSWORD, tls_ca_file=ca)
+    pub = KafkaBus(good).publisher("test")
+    await pub.start()  # the broker is there and takes the right credentials
+    await pub.stop()
+    for bad, reason in ((msgspec.structs.replace(good, sasl_password="wrong"), "SaslAuthenticationFailed"),
+                        # the system CAs do not know the test CA
+                        (msgspec.structs.replace(good, tls_ca_file=None), "CERTIFICATE_VERIFY_FAILED")):
+        caplog.clear()
+        pub = KafkaBus(bad).publisher("test")
+        with pytest.raises(KafkaError):
+            async with asyncio.timeout(30):
+                await pub.start()
+        await pub.stop()
+        assert any(reason in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
