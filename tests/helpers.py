@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 from atas.common.stack import free_port  # noqa: F401 - re-exported for tests
+
+
+class TlsFiles(NamedTuple):
+    ca: Path  # the private CA's certificate: what a client trusts
+    cert: Path  # the server's certificate, for 127.0.0.1, signed by the CA
+    key: Path  # its private key (PKCS#8 PEM, unencrypted)
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A private CA and a server certificate for 127.0.0.1 it signed (valid 2 days), with openssl."""
+    assert shutil.which("openssl"), "openssl is required (scripts/test installs it)"
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "2", "-subj", "/CN=atas test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
+    openssl("pkcs8", "-topk8", "-nocrypt", "-in", "server.key", "-out", "server.p8")
+    return TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.p8")
 
 
 class ServiceProcess:

@@ -19,32 +19,21 @@ from aiokafka.errors import KafkaError
 from atas.common.bus import KafkaBus
 from atas.common.config import KafkaSettings, load_settings
 from atas.common.stack import Stack, free_port, kafka_cluster_id, port_open
+from tests.helpers import make_tls_files
 
 pytestmark = pytest.mark.kafka
 
 USER, PASSWORD = "atas", "sasl-test-password"
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def sasl_ssl_broker(kafka_server):
-    """A single KRaft broker whose client listener speaks SASL_SSL (PLAIN and SCRAM users from a
-    JAAS config) with a certificate for 127.0.0.1 from a private CA. ``kafka_server`` first: the
-    test stack has fetched the broker's jars."""
-    assert shutil.which("openssl"), "openssl is required (scripts/test installs it)"
+    """A single KRaft broker whose client listener speaks SASL_SSL (a PLAIN user from a JAAS
+    config) with a certificate for 127.0.0.1 from a private CA. ``kafka_server`` first: the test
+    stack has fetched the broker's jars."""
     d = Path(tempfile.mkdtemp(prefix="atas-kafka-sasl-"))
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "2", "-subj", "/CN=atas test CA", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
-             "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "broker.crt", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-    _openssl("pkcs8", "-topk8", "-nocrypt", "-in", "broker.key", "-out", "broker.p8", cwd=d)
-    (d / "keystore.pem").write_text((d / "broker.p8").read_text() + (d / "broker.crt").read_text())
+    tls = make_tls_files(d)
+    (d / "keystore.pem").write_text(tls.key.read_text() + tls.cert.read_text())
     port, internal, controller = free_port(), free_port(), free_port()
     jaas = (f'org.apache.kafka.common.security.plain.PlainLoginModule required '
             f'user_{USER}="{PASSWORD}";')
@@ -84,7 +73,7 @@ def sasl_ssl_broker(kafka_server):
             assert broker.poll() is None, (d / "kafka.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "SASL_SSL broker did not open its port"
             time.sleep(0.2)
-        yield f"127.0.0.1:{port}", str(d / "ca.crt")
+        yield f"127.0.0.1:{port}", str(tls.ca)
     finally:
         broker.terminate()
         try:

@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -17,34 +16,24 @@ import redis.exceptions
 from atas.common.config import RedisSettings, load_settings
 from atas.common.redis import create_redis
 from atas.stream.fanout import Hub, RedisFanout
+from tests.helpers import make_tls_files
 
 USER, PASSWORD = "atas", "tls-test-password"
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory):
     """A redis-server that only speaks TLS, with a certificate for 127.0.0.1 from a private CA,
     and only the ACL user ``atas`` (the default user is off)."""
-    for tool in ("redis-server", "openssl"):
-        assert shutil.which(tool), f"{tool} is required (scripts/test installs it)"
+    assert shutil.which("redis-server"), "redis-server is required (scripts/test installs it)"
     d = tmp_path_factory.mktemp("redis-tls")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "2", "-subj", "/CN=atas test CA", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    tls = make_tls_files(d)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", "server.crt", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
+         "--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca),
          "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
          "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all", "--user", "default", "off"],
         cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -56,7 +45,7 @@ def tls_redis(tmp_path_factory):
             if proc.poll() is not None:
                 raise RuntimeError("redis-server with TLS did not start")
             time.sleep(0.05)
-        yield port, str(d / "ca.crt")
+        yield port, str(tls.ca)
     finally:
         proc.terminate()
         proc.wait(10)

@@ -1,9 +1,11 @@
 """The hub's fan-out rounds on real loopback sockets: events that arrive while a fan-out is under
-way reach every client once and in order, and the clients not reached yet get them in one write."""
+way reach every client once and in order, the clients not reached yet get them in one write, and
+no client is always served last."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from datetime import datetime, timezone
 
@@ -20,9 +22,10 @@ class _Server(asyncio.Protocol):
 
 
 class _Sink:
-    """The writer side the hub needs (the SSE session in the service), over a real transport."""
+    """The writer side the hub needs (the SSE session in the service), over a real transport;
+    ``on_write`` is called before each write the hub makes."""
 
-    def __init__(self, transport):
+    def __init__(self, transport, on_write=None):
         self.transport = transport
         self.chunked = False
         self.sent = None
@@ -31,11 +34,47 @@ class _Sink:
 
         def counting(data):
             self.writes += 1
+            if on_write is not None:
+                on_write()
             real(data)
         transport.write = counting
 
     def write_now(self, events):
         return False
+
+
+@contextlib.asynccontextmanager
+async def _hub_with_clients(n: int, *, limit: int = 100, on_write=None):
+    """A hub with ``n`` caught-up clients on real loopback connections: yields the hub, the sinks
+    and the client ends' readers; closes everything after. ``on_write(i)`` sees client i's writes."""
+    loop = asyncio.get_running_loop()
+    _Server.transports = []
+    server = await loop.create_server(_Server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]  # keep the writers:
+    try:                                                                             # dropping one closes it
+        while len(_Server.transports) < n:
+            await asyncio.sleep(0.01)
+        hub, sinks = Hub(), []
+        for i, transport in enumerate(_Server.transports):
+            client = Client("p", execution=None, types=None, limit=limit, cursor=(0, 0))
+            client.needs_sync = False
+            hub.add(client)
+            client.sink = _Sink(transport, None if on_write is None else (lambda i=i: on_write(i)))
+            sinks.append(client.sink)
+        yield hub, sinks, [reader for reader, _writer in conns]
+    finally:
+        for _reader, writer in conns:
+            writer.close()
+        for t in _Server.transports:
+            t.close()
+        server.close()
+
+
+async def _rounds_done(hub: Hub) -> None:
+    async with asyncio.timeout(10):
+        while hub._rounds:
+            await asyncio.sleep(0)
 
 
 def _event(pos: int) -> Event:
@@ -45,32 +84,14 @@ def _event(pos: int) -> Event:
 
 
 async def test_events_arriving_mid_fan_out_reach_everyone_once_in_order_with_fewer_writes():
-    loop = asyncio.get_running_loop()
-    _Server.transports = []
-    server = await loop.create_server(_Server, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     n = 300
-    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]  # keep the writers:
-    readers = [reader for reader, _writer in conns]                                  # dropping one closes it
-    while len(_Server.transports) < n:
-        await asyncio.sleep(0.01)
-    hub = Hub()
-    hub.SLICE_S = 0  # yield after every chunk, so that events arrive while a round is under way
-    sinks = []
-    for transport in _Server.transports:
-        client = Client("p", execution=None, types=None, limit=100, cursor=(0, 0))
-        client.needs_sync = False
-        hub.add(client)
-        client.sink = _Sink(transport)
-        sinks.append(client.sink)
-    try:
+    async with _hub_with_clients(n) as (hub, sinks, readers):
+        hub.SLICE_S = 0  # yield after every chunk, so that events arrive while a round is under way
         hub.deliver("p", [_event(1)])  # the first chunk is written at once, the rest later
         assert hub._rounds, "the round should still be under way"
         hub.deliver("p", [_event(2)])
         hub.deliver("p", [_event(3)])
-        async with asyncio.timeout(10):
-            while hub._rounds:
-                await asyncio.sleep(0)
+        await _rounds_done(hub)
         for reader in readers:
             data = b""
             async with asyncio.timeout(10):
@@ -85,44 +106,18 @@ async def test_events_arriving_mid_fan_out_reach_everyone_once_in_order_with_few
         # One write per client per round: 3 events, but the clients the first round had not reached
         # took all three at once, and those it had reached took 2 and 3 together.
         assert n < writes < 2 * n, writes
-    finally:
-        for _reader, writer in conns:
-            writer.close()
-        for t in _Server.transports:
-            t.close()
-        server.close()
 
 
 async def test_no_client_is_always_served_last():
     """Rounds start at a random client: over many events, every client is sometimes early."""
-    loop = asyncio.get_running_loop()
-    _Server.transports = []
-    server = await loop.create_server(_Server, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    n = 40
-    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]
-    while len(_Server.transports) < n:
-        await asyncio.sleep(0.01)
-    hub = Hub()
+    n, events = 40, 60
     order: list[int] = []  # client numbers in the order their writes happened
-    clients = []
-    for i, transport in enumerate(_Server.transports):
-        client = Client("p", execution=None, types=None, limit=1000, cursor=(0, 0))
-        client.needs_sync = False
-        hub.add(client)
-        client.sink = _Sink(transport)
-        real = transport.write
-        transport.write = lambda data, i=i, real=real: (order.append(i), real(data))
-        clients.append(client)
-    try:
-        events = 60
+    async with _hub_with_clients(n, limit=1000, on_write=order.append) as (hub, _sinks, _readers):
         positions: dict[int, list[int]] = {i: [] for i in range(n)}
         for pos in range(1, events + 1):
             order.clear()
             hub.deliver("p", [_event(pos)])
-            async with asyncio.timeout(10):
-                while hub._rounds:
-                    await asyncio.sleep(0)
+            await _rounds_done(hub)
             assert sorted(order) == list(range(n))  # everyone, once
             for rank, i in enumerate(order):
                 positions[i].append(rank)
@@ -130,9 +125,3 @@ async def test_no_client_is_always_served_last():
         # the first half for some events and in the second half for others.
         for i, ranks in positions.items():
             assert min(ranks) < n // 2 <= max(ranks), (i, ranks)
-    finally:
-        for _reader, writer in conns:
-            writer.close()
-        for t in _Server.transports:
-            t.close()
-        server.close()
