@@ -78,7 +78,6 @@ class Bridge:
         self._commit_task: asyncio.Task | None = None
         self._epoch: int | None = None  # the subscription's epoch the offsets above belong to
         self._pending_ts: float | None = None
-        self._uncommitted = False
         self._last_commit = 0.0
         self._retry_at = 0.0
         self._backoff = 0.2
@@ -168,7 +167,6 @@ class Bridge:
                 # read again (the history drops what was written already).
                 self._pending, self._pending_offsets, self._written = [], {}, {}
                 self._pending_ts = None
-                self._uncommitted = False
                 self._epoch = None
                 self._sub = None
                 self._on_main(self.ready.clear)
@@ -205,7 +203,7 @@ class Bridge:
             if self._written and since >= self.COMMIT_INTERVAL_S:
                 self._commit_task = asyncio.create_task(self._commit(sub, self._written, epoch))
                 self._written = {}
-            elif not self._pending and not self._uncommitted and assigned and since > self.IDLE_COMMIT_S:
+            elif not self._pending and not self._written and assigned and since > self.IDLE_COMMIT_S:
                 await self._commit(sub, None, epoch)  # positions: every record polled was written
 
     def _accept(self, messages: list[Message]) -> None:
@@ -227,10 +225,9 @@ class Bridge:
             self._pending_offsets[m.partition] = m.offset + 1
             if redis_down:
                 local.append((env.project, Event(None, m.value)))
-        if self._pending_ts is None and messages:
+        if self._pending_ts is None and self._pending:
             stamps = [m.timestamp_ms for m in messages if m.timestamp_ms]
             self._pending_ts = min(stamps) / 1000 if stamps else time.time()
-        self._uncommitted = True
         for project, event in local:
             self._on_main(self._hub.deliver_one, project, event)
             metrics.BRIDGE_EVENTS.labels("local_only").inc()
@@ -287,11 +284,10 @@ class Bridge:
         finally:
             if asyncio.current_task() is self._commit_task:
                 self._commit_task = None
-        self._uncommitted = bool(self._pending or self._written)
 
     async def _final_flush(self, sub: EventSubscription) -> None:
         """On shutdown: write what is pending (briefly) and commit, so the next owner starts after it."""
-        if not self._uncommitted and not self._written and self._commit_task is None:
+        if not self._pending and not self._written and self._commit_task is None:
             return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(3):
