@@ -572,6 +572,7 @@ class RedisFanout:
     # is dead (a half-open TCP connection otherwise looks like a quiet channel forever).
     PING_INTERVAL_S = 5.0
     RECONNECT_MAX_S = 5.0
+    STABLE_S = 10.0  # a connection that lived this long reconnects at once when lost
 
     def __init__(self, settings: RedisSettings, hub: Hub, *, channel_prefix: str, linger_s: float):
         self._settings = settings
@@ -580,6 +581,7 @@ class RedisFanout:
         self._linger_s = linger_s
         self._timeout = settings.timeout_ms / 1000
         self._refs: dict[str, int] = {}
+        self._pong: asyncio.Future | None = None  # the handshake PING's answer, while it waits
         self._subscribed: set[str] = set()   # SUBSCRIBE sent on this connection, no UNSUBSCRIBE since
         self._pending: dict[str, int] = {}   # SUBSCRIBEs not yet confirmed
         self._active: set[str] = set()
@@ -686,6 +688,7 @@ class RedisFanout:
         while not self._stopping.is_set():
             conn: _PubSubProtocol | None = None
             pinger = None
+            up_since: float | None = None
             try:
                 tls = ssl_context(self._settings)
                 _transport, conn = await asyncio.wait_for(
@@ -694,11 +697,8 @@ class RedisFanout:
                                            server_hostname=self._settings.host if tls else None),
                     self._timeout)
                 self._conn = conn
-                if self._settings.password:  # an error reply drops us
-                    credentials = [self._settings.password]
-                    if self._settings.username:
-                        credentials.insert(0, self._settings.username)
-                    self._send(encode_command("AUTH", *credentials))
+                await self._handshake(conn)
+                up_since = time.monotonic()
                 wanted = list(self._refs)
                 if wanted:
                     self._send_subscribe(wanted)
@@ -706,7 +706,6 @@ class RedisFanout:
                 metrics.PUBSUB_UP.set(1)
                 log.info("pubsub connected", projects=len(wanted), recovered=down_logged)
                 down_logged = False
-                backoff = 0.1
                 pinger = asyncio.create_task(self._ping(conn))
                 exc = await conn.closed
                 raise ConnectionError(f"connection closed: {exc or 'by Redis'}")
@@ -725,9 +724,33 @@ class RedisFanout:
                 self._lost()
                 if conn is not None and conn.transport is not None:
                     conn.transport.abort()
+            if up_since is not None and time.monotonic() - up_since >= self.STABLE_S:
+                backoff = 0.1  # a working connection was lost: reconnect at once
+            # else (refused, or dropped right after: wrong password, no permission for the
+            # channels) back off exponentially instead of reconnecting in a loop
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff)
             backoff = min(backoff * 2, self.RECONNECT_MAX_S)
+
+    async def _handshake(self, conn: _PubSubProtocol) -> None:
+        """AUTH (when configured) and PING, answered before the connection counts as up: an error
+        reply (wrong password, unknown ACL user) raises here."""
+        pong = asyncio.get_running_loop().create_future()
+        self._pong = pong
+        try:
+            if self._settings.password:
+                credentials = [self._settings.password]
+                if self._settings.username:
+                    credentials.insert(0, self._settings.username)
+                self._send(encode_command("AUTH", *credentials))
+            self._send(encode_command("PING"))
+            async with asyncio.timeout(self._timeout):
+                await asyncio.wait({pong, conn.closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._pong = None
+        if not pong.done():
+            raise (conn.closed.exception() if not conn.closed.cancelled() and conn.closed.exception()
+                   else ConnectionError("closed by Redis during AUTH/PING"))
 
     def _lost(self) -> None:
         was_connected = self._conn is not None
@@ -757,6 +780,9 @@ class RedisFanout:
             self._flush(batch)
             if isinstance(reply, RespError):
                 raise reply
+            if reply == b"PONG" and self._pong is not None and not self._pong.done():
+                self._pong.set_result(None)  # the handshake's PING (before any SUBSCRIBE)
+                continue
             if isinstance(reply, list) and reply and reply[0] == b"subscribe":
                 self._confirmed(reply[1][plen:].decode())
         self._flush(batch)

@@ -106,3 +106,26 @@ async def test_plaintext_and_wrong_credentials_are_refused(tls_redis):
     finally:
         await plain.aclose()
         await wrong.aclose()
+
+
+async def test_the_pubsub_connection_backs_off_when_redis_refuses_its_credentials(tls_redis):
+    """A wrong password must not become a reconnect loop (a TLS handshake and a resync of every
+    client each time): the connection never counts as up, and retries slow down."""
+    port, ca = tls_redis
+    fanout = RedisFanout(msgspec.structs.replace(_settings(port, ca), password="wrong"), Hub(),
+                         channel_prefix="atas:tls:c:", linger_s=0.1)
+    attempts = 0
+    handshake = fanout._handshake
+
+    async def counted(conn):
+        nonlocal attempts
+        attempts += 1
+        await handshake(conn)
+    fanout._handshake = counted
+    await fanout.start()
+    try:
+        await asyncio.sleep(3)
+        assert not fanout.connected.is_set()
+        assert 2 <= attempts <= 7, attempts  # 0.1, 0.2, 0.4, 0.8, 1.6 s apart (was ~30 in 3 s)
+    finally:
+        await fanout.stop()
