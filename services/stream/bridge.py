@@ -47,6 +47,7 @@ class Bridge:
     # Offsets of written events are committed at most this often (one broker round trip, in the
     # background). A crash redelivers at most this much, which the history dedupes.
     COMMIT_INTERVAL_S = 0.5
+    COMMIT_TIMEOUT_S = 5.0
     # Commit positions every this often even without events, so a partition moving to another pod
     # in a rebalance resumes where this one was instead of at "latest".
     IDLE_COMMIT_S = 5.0
@@ -183,13 +184,7 @@ class Bridge:
             else:
                 messages = []
                 await asyncio.sleep(self.POLL_S)
-            epoch = sub.epoch()
-            if epoch != self._epoch:
-                # A rebalance: the offsets noted so far may be of partitions now owned elsewhere (or
-                # owned again after someone else committed further). Commit none of them; the
-                # records are re-read from the committed offsets and the history drops repeats.
-                self._epoch = epoch
-                self._written, self._pending_offsets = {}, {}
+            self._check_rebalance(sub)
             assigned = sub.assigned()
             metrics.BRIDGE_ASSIGNED.set(1 if assigned else 0)
             if assigned and not self.ready.is_set():
@@ -197,6 +192,7 @@ class Bridge:
             if messages:
                 self._accept(messages)
             await self._flush()
+            epoch = self._check_rebalance(sub)  # also one during the Redis write
             if self._commit_task is not None:
                 continue  # one commit in flight at a time
             since = time.monotonic() - self._last_commit
@@ -205,6 +201,18 @@ class Bridge:
                 self._written = {}
             elif not self._pending and not self._written and assigned and since > self.IDLE_COMMIT_S:
                 await self._commit(sub, None, epoch)  # positions: every record polled was written
+
+    def _check_rebalance(self, sub: EventSubscription) -> int:
+        """After a rebalance, forget the offsets noted so far: they may be of partitions now owned
+        elsewhere (or owned again after someone else committed further), so none is committed.
+        Their records are re-read from the committed offsets (the history drops repeats); events
+        held while Redis is down go too, so they are not queued and delivered locally twice."""
+        epoch = sub.epoch()
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._written, self._pending_offsets = {}, {}
+            self._pending, self._pending_ts = [], None
+        return epoch
 
     def _accept(self, messages: list[Message]) -> None:
         local: list[tuple[str, Event]] = []
@@ -274,7 +282,10 @@ class Bridge:
         (nothing unwritten)."""
         self._last_commit = time.monotonic()
         try:
-            await sub.commit(offsets)
+            # Bounded: aiokafka retries a commit while the group coordinator is unavailable, and an
+            # idle commit is awaited by the loop that polls.
+            async with asyncio.timeout(self.COMMIT_TIMEOUT_S):
+                await sub.commit(offsets)
         except Exception as exc:  # noqa: BLE001 - e.g. a rebalance; the records are redelivered, deduped
             log.warning("bridge commit failed; records may be redelivered (they are deduplicated)",
                         error=f"{type(exc).__name__}: {exc}")
