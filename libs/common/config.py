@@ -310,6 +310,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
                               f"got {mechanism!r}")
         if not sasl_user or not sasl_password:
             e.problems.append(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        if protocol == "SASL_PLAINTEXT" and mechanism == "PLAIN":
+            e.problems.append("KAFKA_SASL_MECHANISM=PLAIN over SASL_PLAINTEXT sends the password in clear text: "
+                              "use SASL_SSL, or a SCRAM mechanism")
     elif mechanism or sasl_user or sasl_password:
         e.problems.append(f"KAFKA_SASL_* is set but KAFKA_SECURITY_PROTOCOL is {protocol}: set SASL_SSL "
                           "(or SASL_PLAINTEXT) to authenticate")

@@ -69,7 +69,8 @@ def test_atas_services_set_the_variables_the_code_reads(compose, code_env_vars, 
             f"{name}: missing {sorted(set(code_env_vars) - set(env))}, unread {sorted(set(env) - set(code_env_vars))}")
         # Tuning values follow the Kubernetes ConfigMap; only addresses and secrets differ.
         differs = {k for k in configmap if str(env[k]) != configmap[k]}
-        allowed = {"DB_URL", "REDIS_HOST", "KAFKA_BOOTSTRAP_SERVERS", "LOG_LEVEL"}
+        allowed = {"DB_URL", "REDIS_HOST", "KAFKA_BOOTSTRAP_SERVERS", "LOG_LEVEL",
+                   "REDIS_USERNAME", "KAFKA_SASL_USERNAME"}  # passed through from the shell
         if name.startswith("stream"):
             allowed.add("SHUTDOWN_DRAIN_SECONDS")
         assert differs <= allowed, f"{name}: {sorted(differs - allowed)} differ from configmap.yaml"

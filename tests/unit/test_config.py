@@ -124,8 +124,10 @@ def test_kafka_security_settings_name_what_is_missing_or_contradictory(tmp_path)
                                                 "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"},
         "KAFKA_SASL_* is set but KAFKA_SECURITY_PROTOCOL is PLAINTEXT": {"KAFKA_SASL_USERNAME": "u"},
         "KAFKA_TLS_CA_FILE is set but KAFKA_SECURITY_PROTOCOL is SASL_PLAINTEXT": {
-            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p",
-            "KAFKA_TLS_CA_FILE": str(ca)},
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+            "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p", "KAFKA_TLS_CA_FILE": str(ca)},
+        "PLAIN over SASL_PLAINTEXT sends the password in clear text": {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"},
         "KAFKA_TLS_CA_FILE '/nowhere' is not a readable file": {"KAFKA_SECURITY_PROTOCOL": "SSL",
                                                                  "KAFKA_TLS_CA_FILE": "/nowhere"},
     }
