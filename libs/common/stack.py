@@ -361,8 +361,6 @@ class Stack:
         if _running("kafka", info):
             _say(f"Kafka already running on 127.0.0.1:{info['port']}")
             return info
-        java = self._java()
-        libs = self.kafka_libs()
         data = self.dir / "kafka"
         port, controller_port = free_port(), free_port()
         while controller_port == port:
@@ -389,6 +387,25 @@ class Stack:
             group.initial.rebalance.delay.ms=0
             log.retention.hours=24
             """))
+        log_file = self.dir / "kafka.log"
+        # Listener ports change on every start; a fresh KRaft log per start keeps the quorum config
+        # consistent. Local stack data is disposable by design.
+        shutil.rmtree(data, ignore_errors=True)
+        _say(f"Kafka: starting broker {KAFKA_VERSION} (KRaft) on 127.0.0.1:{port}")
+        broker = self.launch_kafka(props, log_file)
+        _CHILDREN.append(broker)  # keep the handle: the broker outlives this call by design
+        wait_for(lambda: port_open(port) or broker.poll() is not None, 90, "Kafka", log_file)
+        if broker.poll() is not None:
+            raise StackError(f"Kafka exited during start-up (code {broker.returncode}); see {log_file}")
+        self._kafka_ready(port, log_file)
+        return {"pid": broker.pid, "port": port, "controller_port": controller_port, "data": str(data)}
+
+    def launch_kafka(self, props: Path, log_file: Path, *, heap_mb: int = 768) -> subprocess.Popen:
+        """Format the KRaft storage ``props`` names (a fresh cluster id) and start a broker on it,
+        its output appended to ``log_file``; returns at once (wait for its port). The stack's own
+        broker, and brokers tests configure differently (e.g. a SASL_SSL listener)."""
+        java, classpath = self._java(), f"{self.kafka_libs()}/*"
+        self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "log4j2.yaml").write_text(textwrap.dedent("""\
             Configuration:
               Appenders:
@@ -407,30 +424,17 @@ class Stack:
                   - name: kafka.server.BrokerServer
                     level: INFO
             """))
-        classpath = f"{libs}/*"
-        log_file = self.dir / "kafka.log"
-        # Listener ports change on every start; a fresh KRaft log per start keeps the quorum config
-        # consistent. Local stack data is disposable by design.
-        shutil.rmtree(data, ignore_errors=True)
-        cluster_id = kafka_cluster_id()
-        proc = subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                               "-c", str(props)], capture_output=True, text=True)
+        proc = subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t",
+                               kafka_cluster_id(), "-c", str(props)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise StackError("formatting Kafka storage failed:\n" + (proc.stdout + proc.stderr)[-2000:])
-        _say(f"Kafka: starting broker {KAFKA_VERSION} (KRaft) on 127.0.0.1:{port}")
         with open(log_file, "ab") as log:
-            broker = subprocess.Popen(
-                [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            return subprocess.Popen(
+                [java, f"-Xms{min(256, heap_mb)}m", f"-Xmx{heap_mb}m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                  f"-Dlog4j2.configurationFile={self.dir / 'log4j2.yaml'}", "-cp", classpath,
                  "kafka.Kafka", str(props)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
-        _CHILDREN.append(broker)  # keep the handle: the broker outlives this call by design
-        wait_for(lambda: port_open(port) or broker.poll() is not None, 90, "Kafka", log_file)
-        if broker.poll() is not None:
-            raise StackError(f"Kafka exited during start-up (code {broker.returncode}); see {log_file}")
-        self._kafka_ready(port, log_file)
-        return {"pid": broker.pid, "port": port, "controller_port": controller_port, "data": str(data)}
 
     def _kafka_ready(self, port: int, log_file: Path) -> None:
         """Wait until the broker answers metadata and the events topic exists."""

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import tempfile
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -18,8 +16,8 @@ from aiokafka.errors import KafkaError
 
 from atas.common.bus import KafkaBus
 from atas.common.config import KafkaSettings, load_settings
-from atas.common.stack import Stack, free_port, kafka_cluster_id, port_open
-from tests.helpers import make_tls_files
+from atas.common.stack import Stack, free_port, port_open, wait_for
+from tests.helpers import make_tls_files, stop_process
 
 pytestmark = pytest.mark.kafka
 
@@ -60,28 +58,14 @@ def sasl_ssl_broker(kafka_server):
         share.coordinator.state.topic.min.isr=1
         group.initial.rebalance.delay.ms=0
         """))
-    stack = Stack(d)
-    java, classpath = stack._java(), f"{stack.kafka_libs()}/*"
-    subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id(),
-                    "-c", str(props)], check=True, capture_output=True)
-    log = open(d / "kafka.log", "wb")
-    broker = subprocess.Popen([java, "-Xms128m", "-Xmx384m", "-cp", classpath, "kafka.Kafka", str(props)],
-                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log_file = d / "kafka.log"
+    broker = Stack(d).launch_kafka(props, log_file, heap_mb=384)
     try:
-        deadline = time.monotonic() + 90
-        while not port_open(port):
-            assert broker.poll() is None, (d / "kafka.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "SASL_SSL broker did not open its port"
-            time.sleep(0.2)
+        wait_for(lambda: port_open(port) or broker.poll() is not None, 90, "SASL_SSL broker", log_file)
+        assert broker.poll() is None, log_file.read_text()[-3000:]
         yield f"127.0.0.1:{port}", str(tls.ca)
     finally:
-        broker.terminate()
-        try:
-            broker.wait(20)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-            broker.wait()
-        log.close()
+        stop_process(broker)
         shutil.rmtree(d, ignore_errors=True)
 
 
