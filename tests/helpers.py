@@ -14,6 +14,18 @@ from typing import NamedTuple
 from atas.common.stack import free_port  # noqa: F401 - re-exported for tests
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+    """SIGTERM, and SIGKILL if it has not exited within ``timeout``; returns the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class TlsFiles(NamedTuple):
     ca: Path  # the private CA's certificate: what a client trusts
     cert: Path  # the server's certificate, for 127.0.0.1, signed by the CA
@@ -79,13 +91,7 @@ class ServiceProcess:
             self._log.close()
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
         if not self._log.closed:
             self._log.close()
         return self.proc.returncode

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
-import time
 
 import msgspec
 import pytest
@@ -15,8 +13,9 @@ import redis.exceptions
 
 from atas.common.config import RedisSettings, load_settings
 from atas.common.redis import create_redis
+from atas.common.stack import free_port, port_open, wait_for
 from atas.stream.fanout import Hub, RedisFanout
-from tests.helpers import make_tls_files
+from tests.helpers import make_tls_files, stop_process
 
 USER, PASSWORD = "atas", "tls-test-password"
 
@@ -28,9 +27,7 @@ def tls_redis(tmp_path_factory):
     assert shutil.which("redis-server"), "redis-server is required (scripts/test installs it)"
     d = tmp_path_factory.mktemp("redis-tls")
     tls = make_tls_files(d)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
          "--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca),
@@ -38,17 +35,11 @@ def tls_redis(tmp_path_factory):
          "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all", "--user", "default", "off"],
         cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None:
-                raise RuntimeError("redis-server with TLS did not start")
-            time.sleep(0.05)
+        wait_for(lambda: port_open(port) or proc.poll() is not None, 10, "redis-server with TLS")
+        assert proc.poll() is None, "redis-server with TLS did not start"
         yield port, str(tls.ca)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
 
 
 def _settings(port: int, ca: str | None, **kw) -> RedisSettings:

@@ -14,6 +14,7 @@ import pytest
 from atas.common.bus import MemoryBus
 from atas.stream.config import StreamConfig
 from tests.conftest import make_settings
+from tests.helpers import stop_process
 from tests.integration.stream.conftest import envelope, messages
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.redis]
@@ -69,12 +70,7 @@ async def chromium(tmp_path):
             async with http.ws_connect(f"ws://127.0.0.1:{port}{path}", max_msg_size=0) as ws:
                 yield DevTools(ws)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
         log.close()
 
 
