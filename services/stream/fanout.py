@@ -109,16 +109,6 @@ class Client:
     def matches(self, event: Event) -> bool:
         return _matches(event, self.execution, self.types)
 
-    def offer(self, events: list[Event]) -> None:
-        """Take events of this client's project, in order (several when the fan-out is behind)."""
-        if self.ended is not None:
-            return
-        events, skipped = _filter(events, self.execution, self.types)
-        if skipped is not None and skipped > self.filtered:
-            self.filtered = skipped
-        if events:
-            self.take(events)
-
     def take(self, events: list[Event]) -> None:
         """Events that passed this client's filters: written now when possible, else queued."""
         if not self.queue and self.sink is not None and self.sink.write_now(events):
@@ -748,9 +738,8 @@ class RedisFanout:
                 await asyncio.wait({pong, conn.closed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._pong = None
-        if not pong.done():
-            raise (conn.closed.exception() if not conn.closed.cancelled() and conn.closed.exception()
-                   else ConnectionError("closed by Redis during AUTH/PING"))
+        if not pong.done():  # closed first: by an error reply (AUTH refused), or by Redis
+            raise (conn.closed.exception() or ConnectionError("closed by Redis during AUTH/PING"))
 
     def _lost(self) -> None:
         was_connected = self._conn is not None

@@ -12,7 +12,7 @@ from atas.cli.tail import Printer, SseParser
 from atas.common.config import ConfigError
 from atas.common.events import encode_event, new_event
 from atas.stream.config import load_config
-from atas.stream.fanout import Client, encode_command
+from atas.stream.fanout import Client, Hub, encode_command
 from atas.stream.history import ZERO, Event, MemoryHistory, covered, format_pos, parse_pos
 from atas.stream.sse import END_SLOW, end_frame, event_frame, id_frame, reset_frame
 
@@ -74,13 +74,15 @@ def test_frames_follow_the_sse_format_and_parse_back():
 
 
 def test_a_client_is_cut_off_when_its_queue_is_full_and_filters_apply():
+    hub = Hub()
     client = Client("demo", execution="e1", types=None, limit=2, cursor=ZERO)
-    client.offer([Event((1, 0), _payload(execution="other"))])
+    hub.add(client)  # no writer yet (sink None): what passes the filter is queued
+    hub.deliver("demo", [Event((1, 0), _payload(execution="other"))])
     assert not client.queue and client.filtered == (1, 0)
     for i in range(2):
-        client.offer([Event((2, i), _payload())])
+        hub.deliver("demo", [Event((2, i), _payload())])
     assert len(client.queue) == 2 and client.ended is None
-    client.offer([Event((3, 0), _payload())])
+    hub.deliver("demo", [Event((3, 0), _payload())])
     assert client.ended == END_SLOW and not client.queue
 
 
