@@ -8,7 +8,6 @@ instead of failing when all ``REDIS_POOL_MAX_ACTIVE`` are busy. Idle connections
 from __future__ import annotations
 
 import asyncio
-
 import ssl
 
 from redis.asyncio import BlockingConnectionPool, Redis, SSLConnection

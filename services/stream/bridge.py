@@ -166,8 +166,7 @@ class Bridge:
                     self._commit_task = None
                 # A new consumer resumes from the committed offsets: what was read and not written is
                 # read again (the history drops what was written already).
-                self._pending, self._pending_offsets, self._written = [], {}, {}
-                self._pending_ts = None
+                self._forget_reads()
                 self._epoch = None
                 self._sub = None
                 self._on_main(self.ready.clear)
@@ -210,9 +209,13 @@ class Bridge:
         epoch = sub.epoch()
         if epoch != self._epoch:
             self._epoch = epoch
-            self._written, self._pending_offsets = {}, {}
-            self._pending, self._pending_ts = [], None
+            self._forget_reads()
         return epoch
+
+    def _forget_reads(self) -> None:
+        """Drop what was read and not committed: events held, their offsets, offsets written."""
+        self._pending, self._pending_offsets, self._written = [], {}, {}
+        self._pending_ts = None
 
     def _accept(self, messages: list[Message]) -> None:
         local: list[tuple[str, Event]] = []
