@@ -78,5 +78,8 @@ def encode_event(event: Envelope) -> bytes:
     return _encoder.encode(event)
 
 
-def decode_event(raw: bytes) -> Envelope:
+def decode_event(raw: bytes | None) -> Envelope:
+    """An envelope from the bus; a record without a value (a Kafka tombstone) is undecodable too."""
+    if raw is None:
+        raise msgspec.DecodeError("record without a value")
     return _decoder.decode(raw)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import msgspec
 
 from atas.common.bus import EventBus, EventSubscription, Message
-from atas.common.events import Envelope
+from atas.common.events import decode_event
 from atas.common.logging import get_logger
 
 from . import metrics
@@ -37,7 +37,6 @@ from .history import Event, History
 
 log = get_logger(__name__)
 
-_decoder = msgspec.json.Decoder(Envelope)
 
 
 class Bridge:
@@ -223,9 +222,7 @@ class Bridge:
         redis_down = bool(self._pending) or self._backoff > 0.2
         for m in messages:
             try:
-                if m.value is None:  # a tombstone: no event at all
-                    raise msgspec.DecodeError("record without a value")
-                env = _decoder.decode(m.value)
+                env = decode_event(m.value)  # a tombstone (no value) is undecodable too
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 # Poison record: nothing could ever process it, so it must not block the partition.
                 metrics.BRIDGE_EVENTS.labels("invalid").inc()
