@@ -8,13 +8,18 @@ decide how bytes travel. Semantics shared by both engines:
 * ``poll`` returns messages after the group's position; ``commit`` records the position of
   everything returned so far (call it *after* the messages were processed: at-least-once), or,
   given ``offsets`` ({partition: next offset}), exactly those — what a consumer that keeps
-  polling while the commit travels has processed.
+  polling while the commit travels has processed;
+* where a group has committed nothing (new, or its offsets expired), it starts at the end, at
+  the beginning with ``from_beginning``, or with ``since_s`` at the first message of the last
+  ``since_s`` seconds — so a consumer deployed after its producers does not miss their first
+  messages, without replaying the whole retention.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -59,8 +64,8 @@ class EventBus(Protocol):
     topic: str
 
     def publisher(self, client_id: str = "atas") -> EventPublisher: ...
-    def subscription(self, group: str, *, client_id: str = "atas",
-                     from_beginning: bool = False) -> EventSubscription: ...
+    def subscription(self, group: str, *, client_id: str = "atas", from_beginning: bool = False,
+                     since_s: float | None = None) -> EventSubscription: ...
 
 
 # --------------------------------------------------------------------------------------- Kafka
@@ -128,11 +133,13 @@ class KafkaPublisher:
 
 
 class KafkaSubscription:
-    def __init__(self, settings: KafkaSettings, group: str, client_id: str, from_beginning: bool):
+    def __init__(self, settings: KafkaSettings, group: str, client_id: str, from_beginning: bool,
+                 since_s: float | None = None):
         self._settings = settings
         self._group = group
         self._client_id = client_id
         self._reset = "earliest" if from_beginning else "latest"
+        self._since_s = since_s
         self._consumer = None
         self._epoch = 0
 
@@ -147,6 +154,8 @@ class KafkaSubscription:
 
             async def on_partitions_assigned(self, assigned) -> None:
                 subscription._epoch += 1
+                if subscription._since_s is not None and assigned:
+                    await subscription._start_uncommitted(consumer, assigned)
 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.bootstrap_servers,
@@ -171,6 +180,31 @@ class KafkaSubscription:
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             await consumer.stop()
+
+    async def _start_uncommitted(self, consumer, assigned) -> None:
+        """Seek each assigned partition without a committed offset to its first record of the last
+        ``since_s`` seconds (its end if it has none). Runs inside the assignment, before the
+        first fetch; if the lookup fails, those partitions fall back to ``auto_offset_reset``."""
+        try:
+            tps = sorted(assigned)
+            committed = await asyncio.gather(*(consumer.committed(tp) for tp in tps))
+            fresh = [tp for tp, offset in zip(tps, committed, strict=True) if offset is None]
+            if not fresh:
+                return
+            since_ms = int((time.time() - self._since_s) * 1000)
+            found = await consumer.offsets_for_times({tp: since_ms for tp in fresh})
+            ends = await consumer.end_offsets(fresh)  # after the lookup: nothing newer is skipped
+        except Exception as exc:  # noqa: BLE001 - logged; aiokafka would swallow it
+            log.warning("could not look up where a new consumer group starts; starting at the "
+                        + ("beginning" if self._reset == "earliest" else "end"),
+                        group=self._group, error=f"{type(exc).__name__}: {exc}")
+            return
+        starts = {tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in fresh}
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        log.info("consumer group has no committed offset; starting at the last records",
+                 group=self._group, since_s=self._since_s,
+                 partitions={tp.partition: o for tp, o in sorted(starts.items())})
 
     def assigned(self) -> bool:
         return bool(self._consumer is not None and self._consumer.assignment())
@@ -208,9 +242,9 @@ class KafkaBus:
     def publisher(self, client_id: str = "atas") -> KafkaPublisher:
         return KafkaPublisher(self.settings, client_id)
 
-    def subscription(self, group: str, *, client_id: str = "atas",
-                     from_beginning: bool = False) -> KafkaSubscription:
-        return KafkaSubscription(self.settings, group, client_id, from_beginning)
+    def subscription(self, group: str, *, client_id: str = "atas", from_beginning: bool = False,
+                     since_s: float | None = None) -> KafkaSubscription:
+        return KafkaSubscription(self.settings, group, client_id, from_beginning, since_s)
 
     async def ensure_topic(self, partitions: int = 12, replication_factor: int = 1) -> bool:
         """Create the topic if missing (True when created). Production clusters usually pre-create it."""
@@ -262,14 +296,19 @@ class MemoryBus:
 
     async def _append(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
         async with self._cond:
+            now_ms = int(time.time() * 1000)
             for key, value in messages:
-                self._log.append(Message(key, value, 0, self.end_offset))
+                self._log.append(Message(key, value, 0, self.end_offset, now_ms))
             self._cond.notify_all()
 
-    def _join(self, group: str, from_beginning: bool) -> _Group:
+    def _join(self, group: str, from_beginning: bool, since_s: float | None) -> _Group:
         g = self._groups.get(group)
         if g is None:
-            g = _Group(self._base if from_beginning else self.end_offset)
+            start = self._base if from_beginning else self.end_offset
+            if since_s is not None:
+                since_ms = time.time() * 1000 - since_s * 1000
+                start = next((m.offset for m in self._log if m.timestamp_ms >= since_ms), self.end_offset)
+            g = _Group(start)
             self._groups[group] = g
         return g
 
@@ -297,9 +336,9 @@ class MemoryBus:
     def publisher(self, client_id: str = "atas") -> "MemoryPublisher":
         return MemoryPublisher(self)
 
-    def subscription(self, group: str, *, client_id: str = "atas",
-                     from_beginning: bool = False) -> "MemorySubscription":
-        return MemorySubscription(self, group, from_beginning)
+    def subscription(self, group: str, *, client_id: str = "atas", from_beginning: bool = False,
+                     since_s: float | None = None) -> "MemorySubscription":
+        return MemorySubscription(self, group, from_beginning, since_s)
 
 
 class MemoryPublisher:
@@ -317,10 +356,11 @@ class MemoryPublisher:
 
 
 class MemorySubscription:
-    def __init__(self, bus: MemoryBus, group: str, from_beginning: bool):
+    def __init__(self, bus: MemoryBus, group: str, from_beginning: bool, since_s: float | None = None):
         self._bus = bus
         self._name = group
         self._from_beginning = from_beginning
+        self._since_s = since_s
         self._group: _Group | None = None
         self._epoch = 0
 
@@ -329,7 +369,7 @@ class MemorySubscription:
 
     async def start(self) -> None:
         self._epoch += 1
-        self._group = self._bus._join(self._name, self._from_beginning)
+        self._group = self._bus._join(self._name, self._from_beginning, self._since_s)
         # Like a Kafka consumer rejoining: resume after the last commit, redelivering the rest.
         self._group.position = self._group.committed
 

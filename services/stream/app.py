@@ -67,7 +67,8 @@ async def _lifecycle(app: web.Application):
                 redis = create_redis(settings.redis)
                 return redis_history(redis), redis.aclose
         state.bridge = Bridge(engines.bus, state.history, state.hub, group=cfg.bridge_group,
-                              batch=cfg.bridge_batch, thread_history=thread_history)
+                              batch=cfg.bridge_batch, new_group_since_s=cfg.dedupe_ttl_s,
+                              thread_history=thread_history)
         await state.bridge.start()
     log.info("stream service ready", history="redis" if engines.redis is not None else "in-process",
              bridge=cfg.bridge_enabled, max_connections=cfg.max_connections)

@@ -55,9 +55,13 @@ class Bridge:
     MAX_PENDING = 10_000
 
     def __init__(self, bus: EventBus, history: History, hub: Hub, *, group: str, batch: int,
-                 client_id: str = "atas-stream",
+                 client_id: str = "atas-stream", new_group_since_s: float | None = None,
                  thread_history: Callable[[], tuple[History, Callable]] | None = None):
-        """``thread_history``: run on a thread of its own, with the history this makes there
+        """``new_group_since_s``: where the group has no committed offset (its first deployment,
+        or offsets expired), start at the events of the last this many seconds rather than at the
+        end: the stream pods may come up after ingest has published. Keep it within the
+        history's dedupe window, so nothing a former group bridged is published twice.
+        ``thread_history``: run on a thread of its own, with the history this makes there
         (and the coroutine function that closes it); else on the caller's event loop."""
         self._bus = bus
         self._history = history
@@ -70,6 +74,7 @@ class Bridge:
         self._group = group
         self._batch = batch
         self._client_id = client_id
+        self._new_group_since_s = new_group_since_s
         self._sub: EventSubscription | None = None
         self._task: asyncio.Task | None = None
         self._pending: list[tuple[str, str, bytes]] = []
@@ -147,7 +152,8 @@ class Bridge:
     async def _run(self) -> None:
         backoff = 0.5
         while True:
-            sub = self._bus.subscription(self._group, client_id=self._client_id)
+            sub = self._bus.subscription(self._group, client_id=self._client_id,
+                                         since_s=self._new_group_since_s)
             try:
                 await sub.start()
                 self._sub = sub

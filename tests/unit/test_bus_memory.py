@@ -51,3 +51,26 @@ async def test_poll_times_out_empty():
     sub = bus.subscription("g")
     await sub.start()
     assert await sub.poll(0.05) == []
+
+
+async def test_a_new_group_with_since_starts_at_the_recent_messages(monkeypatch):
+    import atas.common.bus as bus_module
+
+    bus = MemoryBus()
+    keeper = bus.subscription("keeper", from_beginning=True)  # holds the log: nobody has committed
+    await keeper.start()
+    now = 1_800_000_000.0
+    monkeypatch.setattr(bus_module.time, "time", lambda: now)
+    await bus.publisher().publish([(b"k", b"old")])
+    now += 7200
+    await bus.publisher().publish([(b"k", b"recent")])
+
+    late = bus.subscription("late", since_s=3600)
+    await late.start()
+    assert [m.value for m in await late.poll(0.1)] == [b"recent"]
+    nothing_recent = bus.subscription("later", since_s=60)
+    now += 3600
+    await nothing_recent.start()
+    assert await nothing_recent.poll(0.05) == []                # starts at the end ...
+    await bus.publisher().publish([(b"k", b"next")])
+    assert [m.value for m in await nothing_recent.poll(0.1)] == [b"next"]  # ... and misses nothing after

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import msgspec
@@ -11,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from atas.common.bus import KafkaBus
+from atas.common.events import encode_event
 from atas.common.redis import create_redis
 from atas.stream.bridge import Bridge
 from atas.stream.fanout import Hub
@@ -166,6 +168,64 @@ async def test_a_tombstone_record_is_skipped_not_a_dead_end(redis_settings, kafk
         assert event.id.encode() in entries[0][1][b"e"]
     finally:
         await bridge.stop()
+        await pub.stop()
+        await raw.stop()
+        await redis.aclose()
+
+
+async def test_a_new_group_starts_at_the_recent_events_and_an_existing_one_at_its_commits(
+        redis_settings, kafka_settings, prefix):
+    """Stream pods deployed after ingest has published: a group that has committed nothing bridges
+    the events of the last ``new_group_since_s`` seconds (not the whole retention, not only what
+    comes next); once it has committed, its offsets decide, whatever the records' age."""
+    from aiokafka import AIOKafkaProducer
+
+    bus = KafkaBus(kafka_settings)
+    group = f"test-bridge-{uuid.uuid4().hex[:8]}"
+    redis = create_redis(redis_settings)
+    history = RedisHistory(redis, prefix=prefix, max_len=1000, ttl_s=600, dedupe_ttl_s=600)
+    raw = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap_servers)
+    await raw.start()
+    pub = bus.publisher("test")
+    await pub.start()
+    two_hours_ago_ms = int((time.time() - 7200) * 1000)
+
+    async def publish_old(events) -> None:
+        for i, event in enumerate(events):
+            await raw.send_and_wait(kafka_settings.topic, encode_event(event), key=event.execution_id.encode(),
+                                    partition=i % PARTITIONS, timestamp_ms=two_hours_ago_ms)
+
+    async def stored_ids() -> list[str]:
+        return [msgspec.json.decode(fields[b"e"])["id"] for _, fields in await redis.xrange(history.key("demo"))]
+
+    bridge = None
+    try:
+        old = [envelope("demo", execution=f"old{i}") for i in range(PARTITIONS)]
+        await publish_old(old)                                        # beyond the window, every partition
+        recent = [envelope("demo", execution=f"e{i % 6}", seq=i) for i in range(6)]
+        await pub.publish(messages(recent))                           # before the stream pods exist
+
+        bridge = Bridge(bus, history, Hub(), group=group, batch=100, new_group_since_s=3600)
+        await bridge.start()
+        await asyncio.wait_for(bridge.ready.wait(), 60)
+        await _eventually(lambda: _is(redis.xlen(history.key("demo")), 6), what="the recent events")
+        assert sorted(await stored_ids()) == sorted(e.id for e in recent)
+        ends = await _end_offsets(kafka_settings)
+        await _eventually(lambda: _is(_committed(kafka_settings, group), ends), timeout=15, what="commit")
+        await bridge.stop()
+
+        # Committed offsets win over the window: records stamped two hours ago, appended after the
+        # commit (a producer with a skewed clock, a replay), are bridged all the same.
+        late = [envelope("demo", execution=f"late{i}") for i in range(PARTITIONS)]
+        await publish_old(late)
+        bridge = Bridge(bus, history, Hub(), group=group, batch=100, new_group_since_s=3600)
+        await bridge.start()
+        await asyncio.wait_for(bridge.ready.wait(), 60)
+        await _eventually(lambda: _is(redis.xlen(history.key("demo")), 6 + PARTITIONS), what="the late records")
+        assert set(await stored_ids()) == {e.id for e in recent + late}
+    finally:
+        if bridge is not None:
+            await bridge.stop()
         await pub.stop()
         await raw.stop()
         await redis.aclose()
