@@ -246,24 +246,75 @@ class KafkaBus:
                      since_s: float | None = None) -> KafkaSubscription:
         return KafkaSubscription(self.settings, group, client_id, from_beginning, since_s)
 
-    async def ensure_topic(self, partitions: int = 12, replication_factor: int = 1) -> bool:
-        """Create the topic if missing (True when created). Production clusters usually pre-create it."""
+    async def ensure_topic(self, partitions: int = 12, replication_factor: int | None = None,
+                           configs: dict[str, str] | None = None) -> TopicInfo:
+        """Create the topic if it is missing, and describe it.
+
+        ``replication_factor`` None: the brokers' ``default.replication.factor`` where they tell
+        it, else min(3, brokers). ``configs`` apply only to a topic created here. Raises
+        :class:`TopicError` when Kafka refuses (e.g. more replicas than brokers, not authorized);
+        connection failures raise aiokafka's errors (the caller may retry those).
+        """
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import TopicAlreadyExistsError
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers, request_timeout_ms=10_000,
                                     **kafka_security(self.settings))
         try:
             await admin.start()
-            if self.topic in await admin.list_topics():
-                return False
-            try:
-                await admin.create_topics([NewTopic(self.topic, partitions, replication_factor)])
-            except TopicAlreadyExistsError:
-                return False
-            return True
+            if self.topic not in await admin.list_topics():
+                replicas = replication_factor or await _default_replication(admin)
+                response = await admin.create_topics(
+                    [NewTopic(self.topic, partitions, replicas, topic_configs=configs or {})])
+                (_, code, message), = response.topic_errors
+                if code == 0:
+                    return TopicInfo(self.topic, partitions, replicas, created=True)
+                if code != _TOPIC_ALREADY_EXISTS:  # else created meanwhile by someone else: describe it
+                    raise TopicError(f"Kafka refused to create topic {self.topic!r}: {message or 'error'} "
+                                     f"(Kafka error code {code})")
+            for _ in range(20):  # a topic created a moment ago may not have its metadata everywhere yet
+                (topic,) = await admin.describe_topics([self.topic])
+                if topic["error_code"] == 0 and topic["partitions"]:
+                    return TopicInfo(self.topic, len(topic["partitions"]),
+                                     len(topic["partitions"][0]["replicas"]), created=False)
+                await asyncio.sleep(0.25)
+            raise TopicError(f"topic {self.topic!r} exists but Kafka does not describe it "
+                             f"(Kafka error code {topic['error_code']})")
         finally:
             await admin.close()
+
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicError(Exception):
+    """Kafka refused to create or describe the events topic; the message says why."""
+
+
+class TopicInfo(msgspec.Struct, frozen=True):
+    name: str
+    partitions: int
+    replication_factor: int
+    created: bool
+
+
+async def _default_replication(admin) -> int:
+    """What ``kafka-topics.sh --create`` without ``--replication-factor`` would use: the brokers'
+    ``default.replication.factor``; if they do not tell (not authorized, as on some managed
+    services), min(3, brokers)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    brokers = (await admin.describe_cluster())["brokers"]
+    try:
+        (response,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, str(brokers[0]["node_id"]), {"default.replication.factor": None})])
+        (resource,) = response.to_object()["resources"]
+        if resource["error_code"] == 0:
+            for entry in resource["config_entries"]:
+                if entry["config_names"] == "default.replication.factor" and entry["config_value"]:
+                    return int(entry["config_value"])
+    except Exception as exc:  # noqa: BLE001 - fall back below
+        log.info("brokers did not tell their default.replication.factor", error=f"{type(exc).__name__}: {exc}")
+    return min(3, len(brokers))
 
 
 # ------------------------------------------------------------------------------------ in-process

@@ -4,7 +4,10 @@ managed brokers require: a real broker of its own with a SASL_SSL listener and a
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import textwrap
 import uuid
@@ -122,3 +125,24 @@ async def test_wrong_password_and_untrusted_certificate_are_refused_with_the_rea
                 await pub.start()
         await pub.stop()
         assert any(reason in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_the_topic_job_creates_the_topic_over_sasl_ssl(sasl_ssl_broker):
+    """`atas topic` (the Kubernetes and compose topic Job) reaches a managed-style broker with the
+    services' own settings; a second run finds the topic and changes nothing."""
+    bootstrap, ca = sasl_ssl_broker
+    topic = f"atas.events.job-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": topic,
+           "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": USER, "KAFKA_SASL_PASSWORD": PASSWORD,
+           "KAFKA_TLS_CA_FILE": ca}
+    runs = [subprocess.run([sys.executable, "-m", "atas.cli.main", "topic", "--partitions", "4", "--wait", "60"],
+                           env=env, capture_output=True, text=True, timeout=120) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert runs[0].stdout.strip() == f"topic {topic} created: 4 partitions, replication factor 1"
+    assert runs[1].stdout.strip() == f"topic {topic} exists: 4 partitions, replication factor 1"
+    # Without the credentials the broker refuses, and the command says what to check.
+    bad = subprocess.run([sys.executable, "-m", "atas.cli.main", "topic", "--wait", "2"],
+                         env={**env, "KAFKA_SASL_PASSWORD": "wrong"}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert "KAFKA_SECURITY_PROTOCOL/SASL settings" in bad.stderr
