@@ -131,7 +131,7 @@ def secret_template() -> dict:
 
 def atas_containers(docs: list[dict]) -> list[tuple[dict, dict]]:
     """(workload, container) of every container that runs the ATAS image."""
-    return [(d, c) for d in docs for c in pod_containers(d) if c.get("args", [None])[0] in ("serve", "migrate")]
+    return [(d, c) for d in docs for c in pod_containers(d) if c.get("args", [None])[0] in ("serve", "migrate", "topic")]
 
 
 def container_env(container: dict, configmap: dict[str, str], secret_keys: set[str]) -> dict[str, str]:

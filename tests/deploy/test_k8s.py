@@ -249,7 +249,8 @@ def test_atas_containers_run_the_roles_hardened(base, secret_template, configmap
         assert {"DB_URL", "JWT_SECRET", "KAFKA_BOOTSTRAP_SERVERS"} <= set(env)
         # Python needs a writable temp dir even with a read-only root filesystem.
         assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
-    assert roles == {**{f"atas-{s}": ["serve", s] for s in SERVICES}, "atas-migrate": ["migrate"]}
+    assert roles == {**{f"atas-{s}": ["serve", s] for s in SERVICES}, "atas-migrate": ["migrate"],
+                     "atas-kafka-topics": ["topic", "--partitions", "12", "--wait", "300"]}
     for svc in SERVICES:
         (container,) = pod_containers(one(base, "Deployment", f"atas-{svc}"))
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -414,10 +415,10 @@ def test_jobs_migrate_and_create_the_topic_from_the_same_configuration(base, con
     assert container["args"] == ["migrate"]
     assert {list(s)[0] for s in container["envFrom"]} == {"configMapRef", "secretRef"}
     topics = one(base, "Job", "atas-kafka-topics")
-    (container,) = pod_containers(topics)
-    refs = {e["name"]: e["valueFrom"]["configMapKeyRef"]["key"] for e in container["env"] if "valueFrom" in e}
-    assert refs == {"KAFKA_BOOTSTRAP_SERVERS": "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC": "KAFKA_TOPIC"}
-    assert "$(KAFKA_TOPIC)" in container["command"] and "--if-not-exists" in container["command"]
+    (topic_container,) = pod_containers(topics)
+    # The topic Job reads Kafka's address, topic, TLS and SASL settings exactly as the services do.
+    assert topic_container["args"][0] == "topic"
+    assert topic_container["envFrom"] == container["envFrom"] and "env" not in topic_container
     for job in (migrate, topics):
         assert job["spec"]["ttlSecondsAfterFinished"] > 0, "finished Jobs must go so the next apply re-runs them"
 
@@ -457,7 +458,7 @@ def test_topic_partitions_let_every_consumer_pod_work(base):
     """query (invalidation) and stream (bridge) pods each join a consumer group on the topic: pods
     beyond the partition count would sit idle, so maxReplicas must not exceed it."""
     (container,) = pod_containers(one(base, "Job", "atas-kafka-topics"))
-    partitions = int(container["command"][container["command"].index("--partitions") + 1])
+    partitions = int(container["args"][container["args"].index("--partitions") + 1])
     for svc in ("query", "stream"):
         assert one(base, "HorizontalPodAutoscaler", f"atas-{svc}")["spec"]["maxReplicas"] <= partitions
 
