@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="project the token may touch (repeat for several; '*' for all)")
     p.add_argument("--scope", "-s", action="append", choices=SCOPES,
                    help="scope to grant (repeat; default: all three)")
-    p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600; 0 = no expiry)")
+    p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600). Every token expires; for a CI "
+                        "harness mint one per pipeline, or a long-lived one (e.g. 31536000, a year) "
+                        "and rotate JWT_SECRET to revoke")
     p.add_argument("--subject", default=os.environ.get("USER", "atas-cli"), help="the token's subject (sub)")
     p.add_argument("--secret", default=None, help="signing secret (default: $JWT_SECRET)")
     p.set_defaults(func=run)
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         token = mint_token(secret, subject=args.subject, scopes=args.scope or SCOPES, projects=args.project,
-                           ttl_seconds=args.ttl or None)
+                           ttl_seconds=args.ttl)
     except ValueError as exc:
         print(f"atas: {exc}", file=sys.stderr)
         return 2

@@ -33,7 +33,12 @@ class Principal(msgspec.Struct, frozen=True):
 
 
 def mint_token(secret: str, *, subject: str, scopes: Iterable[str], projects: Iterable[str],
-               ttl_seconds: int | None = 3600, now: float | None = None) -> str:
+               ttl_seconds: int = 3600, now: float | None = None) -> str:
+    """A signed token that expires after ``ttl_seconds`` (every ATAS token expires: a leaked one
+    stops working by itself, and live streams end when it does)."""
+    if not isinstance(ttl_seconds, int) or ttl_seconds < 1:
+        raise ValueError(f"a token's lifetime must be at least 1 second, not {ttl_seconds!r}; "
+                         "for a long-lived CI token use e.g. 31536000 (a year)")
     scopes = sorted(set(scopes))
     bad = [s for s in scopes if s not in SCOPES]
     if bad:
@@ -42,9 +47,8 @@ def mint_token(secret: str, *, subject: str, scopes: Iterable[str], projects: It
     if not projects:
         raise ValueError("a token needs at least one project (or '*')")
     issued = int(now if now is not None else time.time())
-    claims = {"sub": subject, "iss": ISSUER, "iat": issued, "scopes": scopes, "projects": projects}
-    if ttl_seconds:
-        claims["exp"] = issued + int(ttl_seconds)
+    claims = {"sub": subject, "iss": ISSUER, "iat": issued, "exp": issued + ttl_seconds,
+              "scopes": scopes, "projects": projects}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -56,7 +60,7 @@ def _unauthorized(message: str) -> ApiError:
 def verify_token(secret: str, token: str) -> Principal:
     try:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
-                            options={"require": ["sub", "iat"]}, leeway=30)
+                            options={"require": ["sub", "iat", "exp"]}, leeway=30)
     except jwt.ExpiredSignatureError:
         raise _unauthorized("token has expired; mint a new one") from None
     except jwt.InvalidTokenError as exc:
@@ -66,7 +70,7 @@ def verify_token(secret: str, token: str) -> Principal:
         raise _unauthorized("invalid token: claims 'scopes' and 'projects' must be lists")
     return Principal(subject=str(claims["sub"]), scopes=frozenset(map(str, scopes)),
                      projects=frozenset(map(str, projects)),
-                     expires_at=float(claims["exp"]) if "exp" in claims else None)
+                     expires_at=float(claims["exp"]))
 
 
 def token_from_request(request: web.Request, *, allow_query: bool = False) -> str | None:

@@ -83,3 +83,27 @@ async def test_unknown_route_is_a_json_404_with_request_id(client):
 def test_minting_rejects_unknown_scopes():
     with pytest.raises(ValueError, match="unknown scope"):
         mint_token(SECRET, subject="x", scopes=["admin"], projects=["p"])
+
+
+async def test_a_token_without_expiry_is_401_naming_the_claim(client):
+    """Tokens minted elsewhere must expire too: one that never does cannot be contained if it leaks."""
+    import jwt
+
+    forever = jwt.encode({"sub": "ci", "iss": "atas", "iat": int(time.time()), "scopes": ["query:read"],
+                          "projects": ["web"]}, SECRET, algorithm="HS256")
+    r = await client.get("/p/web", headers=bearer(forever))
+    assert r.status == 401 and '"exp"' in (await r.json())["error"]["message"]
+
+
+@pytest.mark.parametrize("ttl", [0, -5])
+def test_minting_refuses_a_token_that_never_expires(ttl):
+    with pytest.raises(ValueError, match="at least 1 second"):
+        mint_token(SECRET, subject="x", scopes=["query:read"], projects=["p"], ttl_seconds=ttl)
+
+
+def test_the_token_command_refuses_ttl_zero(capsys, monkeypatch):
+    from atas.cli.main import main
+
+    monkeypatch.setenv("JWT_SECRET", SECRET)
+    assert main(["token", "-p", "web", "--ttl", "0"]) == 2
+    assert "31536000" in capsys.readouterr().err
