@@ -191,9 +191,11 @@ class KafkaSubscription:
             fresh = [tp for tp, offset in zip(tps, committed, strict=True) if offset is None]
             if not fresh:
                 return
+            # The ends first: where the lookup finds no recent record, everything from an end read
+            # before it is new, so a record appended between the two calls is not skipped.
+            ends = await consumer.end_offsets(fresh)
             since_ms = int((time.time() - self._since_s) * 1000)
             found = await consumer.offsets_for_times({tp: since_ms for tp in fresh})
-            ends = await consumer.end_offsets(fresh)  # after the lookup: nothing newer is skipped
         except Exception as exc:  # noqa: BLE001 - logged; aiokafka would swallow it
             log.warning("could not look up where a new consumer group starts; starting at the "
                         + ("beginning" if self._reset == "earliest" else "end"),
