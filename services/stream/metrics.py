@@ -10,6 +10,10 @@ OPEN = Gauge("atas_stream_connections", "Open SSE streams in this process")
 CONNECTS = Counter("atas_stream_connects_total", "SSE streams opened, by kind (fresh, resume)", ["kind"])
 REJECTED = Counter("atas_stream_rejected_total", "SSE requests refused before streaming, by reason",
                    ["reason"])
+STALLED_ABORTS = Counter(
+    "atas_stream_stalled_aborts_total",
+    "Connections aborted because the peer did not read its final event within STREAM_WRITE_TIMEOUT_SECONDS",
+)
 DISCONNECTS = Counter(
     "atas_stream_disconnects_total",
     "SSE streams closed, by reason (client, slow_consumer, token_expired, shutdown, error)",

@@ -13,6 +13,9 @@ after ``Last-Event-ID``; queued events at or before the last replayed position a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 import time
 from typing import Annotated
 
@@ -334,15 +337,34 @@ class Session:
         self.client.last_write = time.monotonic()
 
     async def _finish(self, reason: str) -> str:
-        """Write the final event (bounded: the client may not be reading) and close."""
+        """Write the final event (bounded: the client may not be reading) and close.
+
+        A peer that has not taken what is buffered within ``write_timeout_s`` gets its connection
+        aborted: a closing transport otherwise waits for a reader that never comes (a live peer
+        advertising a zero window is never timed out by TCP), holding the socket and its buffers.
+        """
         try:
             async with asyncio.timeout(1.0):
                 await self.resp.write(end_frame(reason))
         except (TimeoutError, ConnectionError):
             pass
-        if reason == END_SLOW:
-            transport = self.request.transport
-            if transport is not None:
+        transport = self.request.transport
+        if transport is not None:
+            if reason == END_SLOW:
                 transport.close()  # flushes what is buffered (the final event) if the peer reads
+            if transport.get_write_buffer_size():
+                asyncio.get_running_loop().call_later(self.cfg.write_timeout_s, _abort_if_stalled, transport)
         return reason
+
+
+def _abort_if_stalled(transport: asyncio.Transport) -> None:
+    """Reset the connection: with SO_LINGER 0 the kernel drops what it still holds for the peer
+    and sends RST, instead of keeping an orphaned socket probing a zero window for minutes."""
+    if transport.get_write_buffer_size():  # still not taken: the peer is not reading
+        metrics.STALLED_ABORTS.inc()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 
 from atas.common.bus import KafkaBus
 from atas.stream.config import StreamConfig
@@ -165,41 +167,96 @@ async def test_heartbeats_arrive_on_an_idle_stream(two_pods, sse, token):
     assert client.parser.retry_ms == 2000
 
 
+async def _stalled_socket(url: str, tok: str) -> socket.socket:
+    """An SSE request on a raw socket with a tiny receive buffer; nobody reads it until told."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, int(port)))
+    await loop.sock_sendall(sock, f"GET /v1/stream?project=demo HTTP/1.1\r\nHost: x\r\n"
+                                  f"Authorization: Bearer {tok}\r\n\r\n".encode())
+    return sock
+
+
+async def _flood_past(fast, publish) -> None:
+    """400 x 60 KB: more than kernel socket buffers can absorb (loopback autotunes the server's
+    send buffer up to tcp_wmem's max, 4 MB here) and more events than the client queue (200), so a
+    stalled client is cut whichever limit it reaches first. Published in waves the fast reader
+    keeps up with (it never has more than 10 pending, however slow this machine is), while a
+    stalled one falls further behind every wave."""
+    big = {"accepted": 1, "duplicates": 0, "counts": {}, "totals": {}, "blob": "x" * 60_000}
+    exe = str(uuid.uuid4())
+    batch = [envelope("demo", execution=exe, seq=i, data=big) for i in range(400)]
+    for i in range(0, len(batch), 10):
+        await publish(batch[i:i + 10])
+        got = await fast.read_events(i + 10, timeout=30)
+    assert _ids(got) == [e.id for e in batch]
+
+
+def _metric(name: str, labels: dict | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def _until(predicate, timeout: float, what: str) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"no {what} within {timeout} s") from None
+
+
+SLOW_CUTS = ("atas_stream_disconnects_total", {"reason": "slow_consumer"})
+ABORTS = ("atas_stream_stalled_aborts_total", None)
+
+
 async def test_a_slow_client_is_cut_off_while_a_fast_one_keeps_receiving(two_pods, sse, publish, token):
-    a, _b = await two_pods(client_queue=200, write_timeout_s=2.0)
+    a, _b = await two_pods(client_queue=200, write_timeout_s=3.0)
     tok = token()
     fast = await sse(f"{a.url}/v1/stream?project=demo", {"Authorization": f"Bearer {tok}"})
     await fast.read_until(lambda c: c.parser.last_id is not None)
-    host, port = a.url.removeprefix("http://").split(":")
-    slow = socket.socket()
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads
-    slow.setblocking(False)
+    cuts, aborts = _metric(*SLOW_CUTS), _metric(*ABORTS)
+    slow = await _stalled_socket(a.url, tok)
     loop = asyncio.get_running_loop()
     try:
-        await loop.sock_connect(slow, (host, int(port)))
-        await loop.sock_sendall(slow, f"GET /v1/stream?project=demo HTTP/1.1\r\nHost: x\r\n"
-                                      f"Authorization: Bearer {tok}\r\n\r\n".encode())
-        big = {"accepted": 1, "duplicates": 0, "counts": {}, "totals": {}, "blob": "x" * 60_000}
-        exe = str(uuid.uuid4())
-        # 400 x 60 KB: more than kernel socket buffers can absorb (loopback autotunes the server's
-        # send buffer up to tcp_wmem's max, 4 MB here) and more events than the client queue (200),
-        # so the stalled client is cut whichever limit it reaches first.
-        # Published in waves the fast reader keeps up with (it never has more than 10 pending,
-        # however slow this machine is), while the stalled one falls further behind every wave.
-        batch = [envelope("demo", execution=exe, seq=i, data=big) for i in range(400)]
-        for i in range(0, len(batch), 10):
-            await publish(batch[i:i + 10])
-            got = await fast.read_events(i + 10, timeout=30)
-        assert _ids(got) == [e.id for e in batch]
-        # the slow one was cut: reading now yields a final `end` event saying why, then EOF
+        await _flood_past(fast, publish)
+        await _until(lambda: _metric(*SLOW_CUTS) > cuts, 30, "slow_consumer cut")
+        # Read as soon as it is cut (well within the write timeout): a final `end` event says why,
+        # then the server closes the stream.
         data = b""
         async with asyncio.timeout(30):
             while chunk := await loop.sock_recv(slow, 1 << 20):
                 data += chunk
         tail = data[-400:].decode(errors="replace")
-        assert "event: end" in tail and "slow_consumer" in tail  # then the server closed it
+        assert "event: end" in tail and "slow_consumer" in tail
+        assert _metric(*ABORTS) == aborts  # it read its final event: closed, not reset
     finally:
         slow.close()
+
+
+async def test_a_client_that_never_reads_again_is_reset_not_kept(two_pods, sse, publish, token):
+    """A cut-off peer that stays connected but never reads (zero window: TCP never times it out)
+    must not keep its socket and buffers: the server resets it after the write timeout."""
+    a, _b = await two_pods(client_queue=200, write_timeout_s=1.0)
+    tok = token()
+    fast = await sse(f"{a.url}/v1/stream?project=demo", {"Authorization": f"Bearer {tok}"})
+    await fast.read_until(lambda c: c.parser.last_id is not None)
+    aborts = _metric(*ABORTS)
+    stalled = await _stalled_socket(a.url, tok)
+    try:
+        await _flood_past(fast, publish)
+        tcp_close = 7  # tcpi_state, the first byte of struct tcp_info: the peer reset us
+        await _until(lambda: stalled.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == tcp_close,
+                     30, "reset of the stalled connection")
+        assert _metric(*ABORTS) == aborts + 1
+        assert len(a.state.hub.all_clients()) == 1  # only the fast one
+        with pytest.raises(ConnectionResetError):
+            while await asyncio.get_running_loop().sock_recv(stalled, 1 << 20):
+                pass
+    finally:
+        stalled.close()
 
 
 async def test_auth_errors_and_bad_parameters(two_pods, http, token):
@@ -210,7 +267,7 @@ async def test_auth_errors_and_bad_parameters(two_pods, http, token):
         assert "authentication required" in (await r.json())["error"]["message"]
     async with http.get(url, headers={"Authorization": "Bearer nope"}) as r:
         assert r.status == 401
-    async with http.get(url, headers={"Authorization": f"Bearer {token(ttl=-100)}"}) as r:
+    async with http.get(url, headers={"Authorization": f"Bearer {token(ttl=60, now=time.time() - 3600)}"}) as r:
         assert r.status == 401
     async with http.get(url, headers={"Authorization": f"Bearer {token(scopes=['query:read'])}"}) as r:
         assert r.status == 403
