@@ -236,8 +236,10 @@ class Hub:
         event instead of growing (see :class:`_Feed`).
         """
         last = events[-1].pos
-        if last is not None and project in self.tails and last > self.tails[project]:
-            self.tails[project] = last
+        if last is not None and self.fanout is not None and self.fanout.active(project):
+            # Subscribed: every event after the newest delivered one arrives here live. Kept even
+            # before any tail read, so a read that raced with this delivery cannot set it back.
+            self.tails[project] = max(last, self.tails.get(project, last))
         feed = self._feeds.get(project)
         if feed is None or project not in self.clients:
             return
@@ -365,7 +367,13 @@ class Hub:
         if fut is None:
             fut = asyncio.ensure_future(make())
             self._inflight[key] = fut
-            fut.add_done_callback(lambda _f: self._inflight.pop(key, None))
+
+            def done(f: asyncio.Future) -> None:
+                self._inflight.pop(key, None)
+                if not f.cancelled():
+                    f.exception()  # retrieved: every waiter may have gone (a disconnect, shutdown)
+
+            fut.add_done_callback(done)
         return await asyncio.shield(fut)
 
     def deliver_published(self, project: str, messages: list[bytes]) -> None:
@@ -706,6 +714,9 @@ class RedisFanout:
                     log.warning("pubsub connection lost; local clients will catch up from history "
                                 "when it is back", error=f"{type(exc).__name__}: {exc}")
                     down_logged = True
+            except Exception:  # noqa: BLE001 - a bug must not end live delivery for good: reconnect
+                log.exception("pubsub connection failed unexpectedly; reconnecting")
+                down_logged = True
             finally:
                 if pinger is not None:
                     pinger.cancel()

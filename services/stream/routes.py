@@ -81,6 +81,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     types = _parse_types(query.types)
     principal = require(request, request.app[SETTINGS].jwt_secret, "stream:read", query.project,
                         allow_query=True)
+    if principal.expires_at is not None and principal.expires_at <= time.time():
+        # Verification allows clock skew; a stream would end at once (and EventSource reconnect
+        # every few seconds until the skew allowance runs out): refuse it now.
+        raise ApiError(401, "unauthorized", "token has expired; mint a new one",
+                       headers={"WWW-Authenticate": 'Bearer realm="atas", error="invalid_token"'})
     if state.hub.draining:
         raise _unavailable("draining", "this server is shutting down; retry on another", cfg.retry_after_s)
     if state.hub.count >= cfg.max_connections:
@@ -166,10 +171,12 @@ class Session:
                     head = id_frame(client.cursor)  # moves a filtered client's resume point along
                     self.sent = client.cursor
                 await self._write(head + HEARTBEAT)
-            if client.queue or client.ended is not None:
+            if client.ended is not None or (client.queue and not client.needs_sync):
                 continue
             # Park until an event, the end, or the hub's ticker (heartbeat due, token expiry, retry
-            # of a catch-up) wakes us.
+            # of a catch-up) wakes us. Events held for a catch-up that cannot run yet (Pub/Sub
+            # down, history unreadable) wait with us: going round again at once would spin the
+            # event loop, and nothing but that loop can bring Pub/Sub back.
             client.waiter = loop.create_future()
             try:
                 await client.waiter
@@ -315,8 +322,15 @@ class Session:
         known = hub.tails.get(project)
         if known is not None:
             return known
-        epoch, was_active = hub.epoch, self.state.fanout.active(project)
-        tail = await hub.single_flight(("tail", project), lambda: self.state.history.tail(project))
+        fanout, history = self.state.fanout, self.state.history
+
+        async def read() -> tuple[Pos, int, bool]:
+            # Whether live delivery was on is judged when the read starts, for every client that
+            # shares it: one joining after a Pub/Sub outage must not vouch for a read from before.
+            epoch, was_active = hub.epoch, fanout.active(project)
+            return await history.tail(project), epoch, was_active
+
+        tail, epoch, was_active = await hub.single_flight(("tail", project), read)
         hub.learn_tail(project, tail, epoch, was_active)
         return tail
 
