@@ -74,17 +74,20 @@ def verify_token(secret: str, token: str) -> Principal:
 
 
 def token_from_request(request: web.Request, *, allow_query: bool = False) -> str | None:
+    """The request's token: a Bearer header, else (``allow_query``) the ``access_token`` query
+    parameter — chosen for this very request, so it wins over a cookie that may be stale — else the
+    cookie. A non-Bearer Authorization header (e.g. Basic added by a proxy) is refused only when
+    there is no other token."""
     header = request.headers.get("Authorization")
     if header:
         kind, _, value = header.partition(" ")
-        if kind.lower() != "bearer" or not value.strip():
-            raise _unauthorized("Authorization header must be 'Bearer <token>'")
-        return value.strip()
-    cookie = request.cookies.get(COOKIE_NAME)
-    if cookie:
-        return cookie
-    if allow_query:
-        return request.query.get("access_token") or None
+        if kind.lower() == "bearer" and value.strip():
+            return value.strip()
+    token = (request.query.get("access_token") if allow_query else None) or request.cookies.get(COOKIE_NAME)
+    if token:
+        return token
+    if header:
+        raise _unauthorized("Authorization header must be 'Bearer <token>'")
     return None
 
 

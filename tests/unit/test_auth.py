@@ -21,7 +21,12 @@ async def client():
         principal = require(request, SECRET, "query:read", request.match_info["project"])
         return web.json_response({"sub": principal.subject})
 
+    async def live(request: web.Request) -> web.Response:  # like the SSE endpoint
+        principal = require(request, SECRET, "query:read", request.match_info["project"], allow_query=True)
+        return web.json_response({"sub": principal.subject})
+
     app.router.add_get("/p/{project}", handler)
+    app.router.add_get("/live/{project}", live)
     async with TestClient(TestServer(app)) as c:
         yield c
 
@@ -107,3 +112,19 @@ def test_the_token_command_refuses_ttl_zero(capsys, monkeypatch):
     monkeypatch.setenv("JWT_SECRET", SECRET)
     assert main(["token", "-p", "web", "--ttl", "0"]) == 2
     assert "31536000" in capsys.readouterr().err
+
+
+async def test_an_explicit_query_token_wins_over_a_stale_cookie_and_a_proxys_basic_header(client):
+    good = mint_token(SECRET, subject="fresh", scopes=["query:read"], projects=["web"])
+    stale = mint_token(SECRET, subject="stale", scopes=["query:read"], projects=["web"], ttl_seconds=60,
+                       now=time.time() - 3600)
+    client.session.cookie_jar.update_cookies({"atas_token": stale})
+    r = await client.get(f"/live/web?access_token={good}", headers={"Authorization": "Basic cHJveHk6cHc="})
+    assert r.status == 200 and (await r.json())["sub"] == "fresh"
+    r = await client.get("/live/web", headers=bearer(good))  # a Bearer header still comes first
+    assert r.status == 200 and (await r.json())["sub"] == "fresh"
+    r = await client.get("/live/web")  # only the stale cookie left
+    assert r.status == 401 and "expired" in (await r.json())["error"]["message"]
+    client.session.cookie_jar.clear()
+    r = await client.get("/p/web", headers={"Authorization": "Basic cHJveHk6cHc="})  # nothing else
+    assert r.status == 401 and "Bearer" in (await r.json())["error"]["message"]

@@ -269,6 +269,9 @@ async def test_auth_errors_and_bad_parameters(two_pods, http, token):
         assert r.status == 401
     async with http.get(url, headers={"Authorization": f"Bearer {token(ttl=60, now=time.time() - 3600)}"}) as r:
         assert r.status == 401
+    # expired 5 s ago: within the clock-skew allowance of verification, but a stream would end at once
+    async with http.get(url, headers={"Authorization": f"Bearer {token(ttl=1, now=time.time() - 6)}"}) as r:
+        assert r.status == 401 and "expired" in (await r.json())["error"]["message"]
     async with http.get(url, headers={"Authorization": f"Bearer {token(scopes=['query:read'])}"}) as r:
         assert r.status == 403
         assert "stream:read" in (await r.json())["error"]["message"]
