@@ -32,7 +32,7 @@ from atas.common.events import decode_event
 from atas.common.logging import get_logger
 
 from . import metrics
-from .fanout import Hub
+from .fanout import MAX_LOCAL_PENDING, Hub
 from .history import Event, History
 
 log = get_logger(__name__)
@@ -52,7 +52,7 @@ class Bridge:
     IDLE_COMMIT_S = 5.0
     RETRY_MAX_S = 5.0
     # Events held uncommitted while Redis is down before consumption pauses.
-    MAX_PENDING = 10_000
+    MAX_PENDING = MAX_LOCAL_PENDING
 
     def __init__(self, bus: EventBus, history: History, hub: Hub, *, group: str, batch: int,
                  client_id: str = "atas-stream", new_group_since_s: float | None = None,

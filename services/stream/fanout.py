@@ -30,7 +30,7 @@ from atas.common.logging import get_logger
 
 from . import metrics
 from .history import ZERO, Event, Pos
-from .sse import END_SLOW
+from .sse import END_SLOW, id_frame
 
 log = get_logger(__name__)
 
@@ -101,8 +101,8 @@ class Client:
         # fan-out (see :class:`Sink`); None before the headers went out and after the end.
         self.sink: Sink | None = None
         self.fed = 0  # sequence number (its project's feed) of the last live event offered to it
-        # Event ids delivered without a position (Redis down): when the same events come back from
-        # history, only their position is sent, not the event again.
+        # Event ids delivered without a position (Redis down): when the same events come back with
+        # one, only the position is sent, not the event again (and the id is forgotten).
         self.unpositioned: set[str] = set()
         self._unpos_order: deque[str] = deque()
 
@@ -134,8 +134,26 @@ class Client:
     def remember_unpositioned(self, event_id: str) -> None:
         self.unpositioned.add(event_id)
         self._unpos_order.append(event_id)
-        if len(self._unpos_order) > self.limit * 4:
+        if len(self._unpos_order) > _REMEMBERED:
             self.unpositioned.discard(self._unpos_order.popleft())
+
+    def frame_of(self, event: Event) -> bytes:
+        """What to write for a positioned event: the event, or only its ``id:`` when it went out
+        before without a position. Call once per event and client (positions are deduplicated
+        before), since it forgets the id it matched."""
+        if self.unpositioned and event.event_id in self.unpositioned:
+            self.unpositioned.discard(event.event_id)
+            if not self.unpositioned:
+                self._unpos_order.clear()  # and back on the hub's batched fast path
+            return id_frame(event.pos)
+        return event.frame
+
+
+# Events a pod's bridge holds unwritten while Redis is down (it stops consuming beyond this) — and so
+# delivers to its own clients without a position; what a client and the hub remember about such
+# deliveries is bounded by a multiple of it, so nothing delivered during one outage is forgotten.
+MAX_LOCAL_PENDING = 10_000
+_REMEMBERED = 2 * MAX_LOCAL_PENDING
 
 
 class Fanout(Protocol):
@@ -223,6 +241,10 @@ class Hub:
         # position needs no history read at all: a connect storm costs Redis nothing.
         self.tails: dict[str, Pos] = {}
         self.epoch = 0  # bumped when live delivery may have had a hole (Pub/Sub lost)
+        # Ids of the latest events delivered with a position: a copy of one arriving without a
+        # position is dropped (a history write that ran, published, and still reported failure).
+        self._positioned_ids: set[str] = set()
+        self._positioned_order: deque[str] = deque()
         self._inflight: dict[tuple, asyncio.Future] = {}
         self._feeds: dict[str, _Feed] = {}  # per project with local clients (or a round running)
         self._rounds: deque[_Feed] = deque()  # feeds with a round to run, oldest first
@@ -236,6 +258,17 @@ class Hub:
         event instead of growing (see :class:`_Feed`).
         """
         last = events[-1].pos
+        if last is None:
+            events = [e for e in events if e.event_id not in self._positioned_ids]
+            if not events:
+                return
+        else:
+            ids, order = self._positioned_ids, self._positioned_order
+            for e in events:
+                ids.add(e.event_id)
+                order.append(e.event_id)
+            while len(order) > _REMEMBERED:
+                ids.discard(order.popleft())
         if last is not None and self.fanout is not None and self.fanout.active(project):
             # Subscribed: every event after the newest delivered one arrives here live. Kept even
             # before any tail read, so a read that raced with this delivery cannot set it back.

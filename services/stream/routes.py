@@ -198,14 +198,14 @@ class Session:
         transport = self.transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size() > _FAST_WRITE_BYTES:
             return False
+        if any(event.pos is None for event in events):
+            return False  # not from Pub/Sub: the queue path handles it
         frames = []
         for event in events:
-            if event.pos is None:
-                return False  # not from Pub/Sub: the queue path handles it
             if event.pos <= cursor:
                 continue  # already sent (replayed)
             cursor = event.pos
-            frames.append(id_frame(cursor) if event.event_id in client.unpositioned else event.frame)
+            frames.append(client.frame_of(event))
         if frames:
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             # The headers went out with the first write; from here on the body is ours to frame.
@@ -234,10 +234,7 @@ class Session:
             if cursor is not None and event.pos <= cursor:
                 continue  # already replayed
             cursor = event.pos
-            if event.event_id in client.unpositioned:
-                frames.append(id_frame(event.pos))
-            else:
-                frames.append(event.frame)
+            frames.append(client.frame_of(event))
             self.sent = cursor
         if held:
             queue.extend(held)
@@ -298,7 +295,7 @@ class Session:
             for event in page.events:
                 if not client.matches(event):
                     continue
-                frames.append(id_frame(event.pos) if event.event_id in client.unpositioned else event.frame)
+                frames.append(client.frame_of(event))
             if page.events:
                 cursor = page.events[-1].pos
             if frames:

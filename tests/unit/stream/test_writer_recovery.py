@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from atas.common.events import encode_event, new_event
 from atas.stream.config import StreamConfig
 from atas.stream.fanout import Client, Hub
-from atas.stream.history import MemoryHistory
+from atas.stream.history import Event, MemoryHistory
 from atas.stream.routes import Session
 from atas.stream.sse import END_SHUTDOWN
 
@@ -165,3 +165,31 @@ async def test_a_shared_tail_read_from_before_a_pubsub_loss_is_not_trusted_after
     release.set()
     await asyncio.gather(started, joined)
     assert "p" not in hub.tails  # nobody vouches that live delivery covers what follows it
+
+
+async def test_an_event_delivered_without_a_position_goes_out_once_then_only_its_id():
+    """Redis down: the pod's bridge hands an event to its clients without a position. When it comes
+    back with one, the client gets only the `id:`; a late position-less copy of an event already
+    delivered with a position (a history write that ran but reported failure) is dropped."""
+    history = MemoryHistory(max_len=100)
+    first, second = await history.append([("p", "e1", _payload(1)), ("p", "e2", _payload(2))])
+    hub, pubsub = Hub(), _PubSub()
+    hub.fanout = pubsub
+    client = Client("p", execution=None, types=None, limit=100, cursor=first)
+    client.needs_sync = False
+    hub.add(client)
+    session = _session(hub, pubsub, history, client)
+    (positioned,) = (await history.read_after("p", first, 10)).events
+
+    async def delivered(event) -> bytes:
+        hub.deliver("p", [event])
+        await asyncio.sleep(0.01)  # the hub's fan-out round
+        return b"".join(session._drain())
+
+    local = Event(None, positioned.payload)
+    assert b"event: results.recorded" in await delivered(local)
+    assert client.unpositioned == {positioned.event_id}
+    assert await delivered(positioned) == f"id: {second[0]}-{second[1]}\n\n".encode()
+    assert not client.unpositioned  # forgotten once matched: the client is back on the fast path
+    assert await delivered(Event(None, positioned.payload)) == b""
+    assert client.cursor == second
