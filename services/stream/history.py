@@ -179,8 +179,9 @@ class RedisHistory:
     async def append(self, items: Sequence[tuple[str, str, bytes]]) -> list[Pos | None]:
         if not items:
             return []
-        # One pipelined round trip, one atomic script per event (each touches only its project's
-        # keys, so this also holds on a Redis Cluster). Plain EVALSHA: a pipeline of Script calls
+        # One pipelined round trip, one atomic script per event. (Its two keys, the project's
+        # history and the event's dedupe mark, are not hash-tagged to one slot: Redis Cluster is
+        # not supported, as docs/deploy.md says.) Plain EVALSHA: a pipeline of Script calls
         # would ask SCRIPT EXISTS first, a second round trip on every batch. When Redis lost its
         # script cache (restart, failover) every EVALSHA of the batch fails the same way and ran
         # nothing: load the script and send the batch again.
