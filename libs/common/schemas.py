@@ -8,7 +8,7 @@ data), strings are bounded, timestamps must carry a timezone. Decoding errors na
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -19,8 +19,9 @@ ExecutionStatus = Literal["running", "passed", "failed", "error", "cancelled"]
 FinalStatus = Literal["passed", "failed", "error", "cancelled"]
 RESULT_STATUSES: tuple[str, ...] = ("passed", "failed", "skipped", "error")
 
-# Project keys: the same rule as the `projects.key` CHECK constraint of V001.
-ProjectKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+# Project keys: the same rule as the `projects.key` CHECK constraint of V001 (\Z, not $: Python's $
+# also matches before a final newline).
+ProjectKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z",
                                  description="project key, e.g. `web`")]
 Short = Annotated[str, Meta(max_length=1024)]
 Label = Annotated[str, Meta(min_length=1, max_length=1024)]
@@ -142,6 +143,50 @@ class JunitImported(msgspec.Struct, kw_only=True):
     accepted: int
     duplicates: int
     created: bool  # false: this exact report was imported before; nothing was added
+
+
+# ------------------------------------------------------------------------- limits beyond msgspec
+
+# PostgreSQL refuses index entries over ~2.7 KB, and the per-test rollups are keyed by project,
+# branch, environment and test id together: these are bounded in UTF-8 bytes, not only in
+# characters (1,024 CJK characters are 3 KB). The sum stays well under the limit.
+KEY_BYTES = {"test_id": 1024, "branch": 512, "environment": 256}
+# Timestamps the database, the query API and every client can represent and do arithmetic on.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+
+
+def _too_long(value: str | None, field: str, limit: int) -> tuple[str, str] | None:
+    if value is not None and len(value) * 4 > limit and len(value.encode()) > limit:
+        return field, f"`{field}` is {len(value.encode())} bytes (UTF-8); the limit is {limit}"
+    return None
+
+
+def _out_of_range(value: datetime | None, field: str) -> tuple[str, str] | None:
+    if value is not None and not EARLIEST <= value < LATEST:
+        return field, (f"`{field}` {value.isoformat()} is outside {EARLIEST.year}..{LATEST.year - 1}; "
+                       "check the harness's clock")
+    return None
+
+
+def limit_problem(value: Any) -> tuple[str, str] | None:
+    """(field, message) of the first value of a decoded request beyond limits msgspec cannot
+    express (byte lengths of index keys, timestamp range), else None."""
+    if isinstance(value, ExecutionCreate):
+        return (_too_long(value.branch, "branch", KEY_BYTES["branch"])
+                or _too_long(value.environment, "environment", KEY_BYTES["environment"])
+                or _out_of_range(value.started_at, "started_at"))
+    if isinstance(value, ResultBatch):
+        limit = KEY_BYTES["test_id"]
+        for i, result in enumerate(value.results):
+            problem = (_too_long(result.test_id, f"results[{i}].test_id", limit)
+                       or _out_of_range(result.started_at, f"results[{i}].started_at"))
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, ExecutionFinish):
+        return _out_of_range(value.finished_at, "finished_at")
+    return None
 
 
 def schema_components() -> tuple[dict, dict]:

@@ -23,7 +23,7 @@ from atas.common.auth import Principal, authenticate, authorize
 from atas.common.engines import ENGINES
 from atas.common.errors import ApiError, check_json_content_type, decode_json, parse_query, read_body
 from atas.common.schemas import (
-    ExecutionCreate, ExecutionFinish, JunitImported, Label, ProjectKey, ResultBatch, Short, Url,
+    ExecutionCreate, ExecutionFinish, JunitImported, Label, ProjectKey, ResultBatch, Short, Url, limit_problem,
 )
 
 from . import metrics, writer
@@ -96,7 +96,15 @@ async def _read(request: web.Request, type_: type[T]) -> T:
         if field is not None:
             raise ApiError(422, "invalid_field", f"NUL characters (\\u0000) are not allowed at `{field}`",
                            field=field)
+    _check_limits(value)
     return value
+
+
+def _check_limits(value: Any) -> None:
+    problem = limit_problem(value)
+    if problem is not None:
+        field, message = problem
+        raise ApiError(422, "invalid_field", message, field=field)
 
 
 @asynccontextmanager
@@ -181,6 +189,11 @@ _XML_TYPES = ("application/xml", "text/xml")
 async def import_junit(request: web.Request) -> web.Response:
     principal = _principal(request)
     params = parse_query(JunitParams, request)
+    field = next((f for f in params.__struct_fields__
+                  if isinstance(getattr(params, f), str) and "\x00" in getattr(params, f)), None)
+    if field is not None:
+        raise ApiError(400, "invalid_parameter", f"NUL characters are not allowed in query parameter `{field}`",
+                       field=field)
     authorize(principal, SCOPE, params.project)
     ctype = request.content_type
     if ctype not in _XML_TYPES and not ctype.endswith("+xml"):
@@ -202,10 +215,11 @@ async def import_junit(request: web.Request) -> web.Response:
     now = writer.utcnow()
     start, end = report_window(report, now)
     create = ExecutionCreate(
-        id=execution_id, project=params.project, name=params.name or report.name or "JUnit import",
+        id=execution_id, project=params.project, name=params.name or (report.name or "")[:1024] or "JUnit import",
         environment=params.environment, branch=params.branch, commit=params.commit, build_url=params.build_url,
         started_at=report.started_at, attributes={"source": "junit", "report_sha256": digest},
     )
+    _check_limits(create)  # branch/environment from the query, the start time from the report
     started = time.perf_counter()
     async with _transaction(request) as conn:
         execution, created = await writer.start_execution(conn, create, config, now=now, default_start=start)

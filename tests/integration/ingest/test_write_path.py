@@ -201,6 +201,21 @@ async def test_client_errors_are_4xx_and_write_nothing(ingest, auth, token, pg):
     assert code == 422 and err["field"] == "started_at"
     code, err = await status(await client.post("/v1/executions", json={"project": "bad key!", "name": "n"}, headers=h))
     assert code == 422 and err["field"] == "project"
+    code, err = await status(await client.post("/v1/executions", json={"project": "demo\n", "name": "n"}, headers=h))
+    assert code == 422 and err["field"] == "project"  # the database's rule, newline included
+    # Index keys are bounded in bytes: 400 CJK characters are 1,200 bytes (PostgreSQL refuses
+    # index entries over ~2.7 KB, and the per-test rollups key on test id, branch and environment).
+    bad = results(1)
+    bad[0]["test_id"] = "測" * 400
+    code, err = await status(await client.post(url, json={"results": bad}, headers=h))
+    assert code == 422 and err["field"] == "results[0].test_id" and "bytes" in err["message"]
+    code, err = await status(await client.post("/v1/executions", json={"project": "demo", "name": "n",
+                                                                     "branch": "枝" * 200}, headers=h))
+    assert code == 422 and err["field"] == "branch"
+    bad = results(1)
+    bad[0]["started_at"] = "9999-12-31T23:00:00-05:00"  # year 10000 in UTC
+    code, err = await status(await client.post(url, json={"results": bad}, headers=h))
+    assert code == 422 and err["field"] == "results[0].started_at"
     # none of the refused requests wrote anything
     assert (await _fetch(pg, "SELECT count(*) AS n FROM results"))[0]["n"] == 0
     assert (await _fetch(pg, "SELECT count(*) AS n FROM executions"))[0]["n"] == 1
