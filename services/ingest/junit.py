@@ -15,7 +15,13 @@ Mapping, per ``<testcase>``:
 * Surefire reruns are kept as attempts: ``<flakyFailure>``/``<flakyError>`` are failed attempts
   before the final pass, ``<rerunFailure>``/``<rerunError>`` failed attempts after the first;
 * the same ``test_id`` seen again later in the file (rerun plugins, several suites) becomes the
-  next attempt rather than being dropped as a duplicate.
+  next attempt rather than being dropped as a duplicate — unless the suites name different hosts
+  (Playwright writes one suite per file and *project*, e.g. ``hostname="chromium"``): those are
+  different tests, and their ids are qualified with the host, ``classname::name [chromium]``.
+
+Bounds: ids are clipped to 1,024 UTF-8 bytes; implausible times (negative, NaN, over ~23 days per
+element, timestamps outside 1970..2199) are ignored rather than refused; suites may nest as deep
+as the XML parser allows (no recursion here).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from atas.common.errors import ApiError
-from atas.common.schemas import ResultIn
+from atas.common.schemas import EARLIEST, KEY_BYTES, LATEST, ResultIn
 
 _MAX_LABEL = 1024
 _MAX_MESSAGE = 65_536
@@ -79,7 +85,11 @@ def _timestamp(value: str | None) -> datetime | None:
     except ValueError:
         return None
     # Surefire and jest-junit write local time without an offset; UTC is the only safe reading.
-    return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+    ts = ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+    try:
+        return ts if EARLIEST <= ts < LATEST else None  # a broken clock: the import time stands in
+    except OverflowError:  # comparing needs UTC, which years 1 and 9999 with an offset cannot reach
+        return None
 
 
 def _clip(value: str | None, limit: int) -> str | None:
@@ -91,6 +101,15 @@ def _clip(value: str | None, limit: int) -> str | None:
 
 def _label(value: str, limit: int = _MAX_LABEL) -> str:
     return value[:limit] if value else "unnamed"
+
+
+def _test_id(value: str) -> str:
+    """An id within the index-key budget: 1,024 characters and 1,024 UTF-8 bytes."""
+    value = _label(value)
+    limit = KEY_BYTES["test_id"]
+    if len(value) * 4 > limit and len(value.encode()) > limit:
+        value = value.encode()[:limit].decode(errors="ignore")
+    return value
 
 
 _OUTCOMES = {"failure": "failed", "error": "error", "skipped": "skipped"}
@@ -114,11 +133,17 @@ def _error_fields(el: ET.Element) -> dict:
     return {"error_type": _clip(el.get("type"), _MAX_LABEL), "error_message": message, "error_trace": trace}
 
 
-def _testcase(case: ET.Element, suite: str | None, attempts: dict[str, int]) -> list[ResultIn]:
+def _base_id(case: ET.Element) -> str:
     classname = (case.get("classname") or "").strip()
     name = (case.get("name") or "").strip()
     # jest-junit's default classname repeats the full title; don't double it in the id.
-    test_id = _label(f"{classname}::{name}" if classname and classname != name else name or classname)
+    return f"{classname}::{name}" if classname and classname != name else name or classname
+
+
+def _testcase(case: ET.Element, test_id: str, suite: str | None, attempts: dict[str, int]) -> list[ResultIn]:
+    classname = (case.get("classname") or "").strip()
+    name = (case.get("name") or "").strip()
+    test_id = _test_id(test_id)
     file = case.get("file") or (classname if classname.endswith(_SOURCE_SUFFIXES) else None)
     common = dict(test_id=test_id, name=_label(name or test_id), suite=_clip(suite, _MAX_LABEL),
                   file=_clip(file, _MAX_LABEL))
@@ -155,42 +180,53 @@ def parse_junit(data: bytes) -> Report:
     if tag not in ("testsuites", "testsuite"):
         raise ApiError(422, "not_junit", f"not a JUnit report: the root element is <{tag}>, expected "
                                          "<testsuites> or <testsuite>")
-    attempts: dict[str, int] = {}
-    results: list[ResultIn] = []
     stamps: list[datetime] = []
     suite_ms = 0
+    cases: list[tuple[ET.Element, str, str | None, str | None]] = []  # case, base id, suite, host
 
-    def walk(suite_el: ET.Element) -> None:
-        nonlocal suite_ms
+    # Suites in document order, depth first, without recursion (nesting depth is the sender's).
+    stack = [(root, None)] if tag == "testsuite" else [
+        (child, None) for child in reversed(list(root)) if _local(child.tag) == "testsuite"]
+    while stack:
+        suite_el, inherited_host = stack.pop()
         stamp = _timestamp(suite_el.get("timestamp"))
         if stamp is not None:
             stamps.append(stamp)
         suite_ms += _seconds_ms(suite_el.get("time")) or 0
         suite_name = suite_el.get("name")
+        host = (suite_el.get("hostname") or "").strip() or inherited_host
+        nested = []
         for child in suite_el:
             ctag = _local(child.tag)
             if ctag == "testcase":
-                results.extend(_testcase(child, suite_name, attempts))
+                cases.append((child, _base_id(child), suite_name, host))
             elif ctag == "testsuite":
-                walk(child)
-
-    if tag == "testsuite":
-        walk(root)
-    else:
-        for child in root:
-            if _local(child.tag) == "testsuite":
-                walk(child)
-    if not results:
+                nested.append((child, host))
+        stack.extend(reversed(nested))
+    if not cases:
         raise ApiError(422, "empty_report", "the report contains no <testcase> elements")
+    hosts: dict[str, set[str | None]] = {}
+    for _case, base, _suite, host in cases:
+        hosts.setdefault(base, set()).add(host)
+    attempts: dict[str, int] = {}
+    results: list[ResultIn] = []
+    for case, base, suite_name, host in cases:
+        test_id = f"{base} [{host}]" if host and len(hosts[base]) > 1 else base
+        results.extend(_testcase(case, test_id, suite_name, attempts))
     total_ms = _seconds_ms(root.get("time")) if tag == "testsuites" else None
     name = (root.get("name") or "").strip() or None
     return Report(name=name, started_at=min(stamps) if stamps else None,
                   duration_ms=total_ms if total_ms is not None else suite_ms, results=results)
 
 
+# A report longer than this is not a test run's wall time (suites' times summed without a root
+# time can add up to anything): it is clipped.
+_MAX_SPAN = timedelta(days=30)
+
+
 def report_window(report: Report, now: datetime) -> tuple[datetime, datetime]:
     """(started_at, finished_at) of the execution a report becomes."""
-    span = timedelta(milliseconds=report.duration_ms)
+    span = min(timedelta(milliseconds=report.duration_ms), _MAX_SPAN)
     if report.started_at is None:
         return now - span, now
     return report.started_at, report.started_at + span

@@ -81,3 +81,21 @@ async def test_bad_uploads_get_4xx(ingest, auth, token):
     missing = await client.post("/v1/junit", data=b"<testsuites/>", headers={**h, **XML})
     assert missing.status == 400 and "`project`" in (await missing.json())["error"]["message"]
     assert (await _post(client, b"<testsuites/>", h)).status == 422
+
+
+async def test_odd_reports_and_parameters_are_4xx_or_imported_never_a_500(ingest, auth, pg):
+    client = await ingest(config=NO_RELAY)
+    h = auth()
+    nul = await client.post("/v1/junit", data=b'<testsuite name="s"><testcase name="t"/></testsuite>',
+                            params={"project": "demo", "branch": "main\x00x"}, headers={**h, **XML})
+    assert nul.status == 400 and (await nul.json())["error"]["field"] == "branch"
+    long_branch = await client.post("/v1/junit", data=b'<testsuite name="s"><testcase name="t"/></testsuite>',
+                                    params={"project": "demo", "branch": "枝" * 200}, headers={**h, **XML})
+    assert long_branch.status == 422 and (await long_branch.json())["error"]["field"] == "branch"
+    # A 1 MB report name, a timestamp in year 9999 and absurd times: imported, clipped and ignored.
+    odd = (b'<testsuites name="' + b"n" * 1_000_000 + b'"><testsuite name="s" timestamp="9999-12-31T23:59:59" '
+           b'time="1999999"><testcase classname="c" name="t" time="1"/></testsuite></testsuites>')
+    resp = await client.post("/v1/junit", data=odd, params={"project": "demo"}, headers={**h, **XML})
+    assert resp.status == 201, await resp.text()
+    execution = (await resp.json())["execution"]
+    assert len(execution["name"]) == 1024 and execution["status"] == "passed"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from atas.common.errors import ApiError
-from atas.ingest.junit import parse_junit
+from atas.ingest.junit import parse_junit, report_window
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "junit"
 
@@ -99,3 +100,42 @@ def test_a_repeated_test_becomes_the_next_attempt():
     xml = b"""<testsuites><testsuite name="a"><testcase classname="c" name="t"><failure message="x"/></testcase>
               </testsuite><testsuite name="b"><testcase classname="c" name="t"/></testsuite></testsuites>"""
     assert [(r.attempt, r.status) for r in parse_junit(xml).results] == [(1, "failed"), (2, "passed")]
+
+
+def test_the_same_test_on_different_hosts_is_two_tests_not_a_retry():
+    """Playwright writes one suite per file and project (hostname): a test failing only in chromium
+    must fail the run, not read as a flaky retry that webkit passed."""
+    xml = b"""<testsuites>
+      <testsuite name="a.spec.ts" hostname="chromium"><testcase classname="a.spec.ts" name="login"><failure message="x"/></testcase></testsuite>
+      <testsuite name="a.spec.ts" hostname="webkit"><testcase classname="a.spec.ts" name="login"/></testsuite>
+      <testsuite name="b.spec.ts" hostname="webkit"><testcase classname="b.spec.ts" name="only here"/></testsuite>
+    </testsuites>"""
+    got = [(r.test_id, r.attempt, r.status) for r in parse_junit(xml).results]
+    assert got == [("a.spec.ts::login [chromium]", 1, "failed"), ("a.spec.ts::login [webkit]", 1, "passed"),
+                   ("b.spec.ts::only here", 1, "passed")]
+
+
+def test_deeply_nested_suites_and_absurd_times_do_not_break_the_import():
+    depth = 5000
+    xml = (b"<testsuites>" + b'<testsuite name="s" time="2000000">' * depth
+           + b'<testcase classname="c" name="t" time="1"/>' + b"</testsuite>" * depth + b"</testsuites>")
+    report = parse_junit(xml)
+    assert [r.test_id for r in report.results] == ["c::t"]
+    start, end = report_window(report, datetime(2026, 1, 1, tzinfo=timezone.utc))
+    assert end - start == timedelta(days=30)  # the suites' summed times clipped, not overflowed
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59", "0001-01-01T00:00:00+01:00", "1969-12-31T00:00:00Z"])
+def test_a_timestamp_no_run_can_have_is_ignored(stamp):
+    xml = f'<testsuite name="s" timestamp="{stamp}" time="10"><testcase name="t"/></testsuite>'.encode()
+    report = parse_junit(xml)
+    assert report.started_at is None
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert report_window(report, now) == (now - timedelta(seconds=10), now)
+
+
+def test_a_long_multibyte_test_id_is_clipped_to_the_key_budget():
+    name = "測" * 1000  # 3,000 bytes
+    report = parse_junit(f'<testsuite name="s"><testcase name="{name}"/></testsuite>'.encode())
+    (result,) = report.results
+    assert len(result.test_id.encode()) <= 1024 and name.startswith(result.test_id)
