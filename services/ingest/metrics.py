@@ -24,6 +24,8 @@ OUTBOX_AGE = Gauge(
     "atas_outbox_oldest_age_seconds", "Age of the oldest event waiting in the outbox (0 when empty)")
 RELAY_PUBLISHED = Counter(
     "atas_relay_events_published_total", "Events the relay published and deleted from the outbox")
+RELAY_DEAD = Counter(
+    "atas_relay_dead_events_total", "Events moved to outbox_dead because the bus can never accept them")
 RELAY_FAILURES = Counter(
     "atas_relay_failures_total", "Relay rounds that failed, by stage", ["stage"])
 RELAY_PUBLISH_LATENCY = Histogram(

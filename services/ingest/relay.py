@@ -40,6 +40,14 @@ log = get_logger(__name__)
 
 CHANNEL = "atas_outbox"
 _CLAIM = "SELECT id, event_key, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+_BURY = """
+WITH dead AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING *)
+INSERT INTO outbox_dead (id, event_id, event_key, payload, created_at, reason)
+SELECT id, event_id, event_key, payload, created_at, $2 FROM dead
+"""
+# Larger than Kafka's default message limit (1 MiB with its overhead): such an event would be
+# refused on every attempt and hold up everything behind it. The writer keeps events far smaller.
+MAX_EVENT_BYTES = 1_000_000
 _DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 _MARK_FAILED = "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1::bigint[])"
 _BACKLOG = "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM outbox"
@@ -168,6 +176,9 @@ class OutboxRelay:
                 rows = await conn.fetch(_CLAIM, self._config.relay_batch)
                 if not rows:
                     return 0
+                rows = await self._bury_oversized(conn, rows)
+                if not rows:
+                    return 0
                 ids = [r["id"] for r in rows]
                 started = time.perf_counter()
                 publish = asyncio.ensure_future(
@@ -194,6 +205,19 @@ class OutboxRelay:
             raise error if isinstance(error, PublishError) else PublishError(str(error))
         self._relayed(len(ids), started)
         return len(ids)
+
+    async def _bury_oversized(self, conn: asyncpg.Connection, rows: list) -> list:
+        """Move events no broker would take to ``outbox_dead`` (same transaction); the rest go on."""
+        big = [r for r in rows if len(r["payload"]) + len(r["event_key"]) > MAX_EVENT_BYTES]
+        if not big:
+            return rows
+        ids = [r["id"] for r in big]
+        await conn.execute(_BURY, ids, f"larger than {MAX_EVENT_BYTES} bytes")
+        metrics.RELAY_DEAD.inc(len(ids))
+        log.error("events too large for the bus moved to outbox_dead; their data is stored, the events "
+                  "are not delivered", outbox_ids=ids, bytes=[len(r["payload"]) for r in big])
+        dead = set(ids)
+        return [r for r in rows if r["id"] not in dead]
 
     async def _settle_in_flight(self, pool: asyncpg.Pool) -> int:
         """Wait for the batch a previous round left in the producer; delete its rows once acknowledged."""
@@ -247,12 +271,15 @@ class OutboxRelay:
         if self._listener is not None and not self._listener.is_closed():
             return
         await self._close_listener()
+        conn = None
         try:
             conn = await asyncpg.connect(self._dsn, timeout=5,
                                          server_settings={"application_name": self._client_id})
             await conn.add_listener(CHANNEL, self._on_notify)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.debug("LISTEN connection unavailable; polling", error=f"{type(exc).__name__}: {exc}")
+            if conn is not None:  # connected, but LISTEN failed (e.g. a hot standby): don't leak it
+                conn.terminate()
             return
         self._listener = conn
 

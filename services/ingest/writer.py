@@ -184,6 +184,12 @@ async def derive_status(conn: asyncpg.Connection, row: asyncpg.Record) -> str:
     return status_of_final_attempts(final["failed"], final["errored"])
 
 
+# The failed tests listed in one results.recorded event take at most this many bytes (then
+# failed_truncated): events stay far below Kafka's default 1 MB message limit.
+EVENT_FAILED_BYTES = 256 * 1024
+_entry_encoder = msgspec.json.Encoder()
+
+
 def finished_event(row: asyncpg.Record) -> Envelope:
     """``execution.finished`` for the execution as ``row`` (with ``last_seq``) has it now."""
     return new_event(
@@ -398,11 +404,17 @@ async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results
     events: list[Envelope] = []
     if accepted:
         failed: list[FailedTest] = []
+        budget = EVENT_FAILED_BYTES
         for r in results:
             if (r.test_id, r.attempt) in failed_keys and len(failed) < config.event_max_failed:
-                failed.append(FailedTest(test_id=r.test_id, name=r.name, status=r.status, attempt=r.attempt,
-                                         error_type=r.error_type,
-                                         error_message=(r.error_message or "")[:1000] or None))
+                entry = FailedTest(test_id=r.test_id, name=r.name, status=r.status, attempt=r.attempt,
+                                   error_type=r.error_type, error_message=(r.error_message or "")[:1000] or None)
+                # Bounded in bytes too (names of 1,024 multi-byte or escaped characters): an event
+                # Kafka refuses as too large would never leave the outbox.
+                budget -= len(_entry_encoder.encode(entry))
+                if budget < 0:
+                    break
+                failed.append(entry)
                 failed_keys.discard((r.test_id, r.attempt))  # a key repeated in the batch is listed once
         event = new_event(
             "results.recorded", project=project, execution_id=str(execution_id), seq=row["last_seq"],

@@ -120,3 +120,60 @@ async def test_a_refused_publish_is_retried_with_a_fresh_producer_and_delivered(
     assert bus.failures == 0 and failures() - before == 3
     assert bus.publishers == 4  # a fresh producer after each refusal
     await sub.stop()
+
+
+async def test_an_event_no_broker_would_take_is_set_aside_and_the_rest_flows(ingest, auth, pg_pool):
+    """One oversized outbox row (Kafka refuses > 1 MB on every attempt) must not hold up every event
+    behind it: it moves to outbox_dead, with its reason, and the others are delivered."""
+    import uuid
+
+    from prometheus_client import REGISTRY
+
+    def dead() -> float:
+        return REGISTRY.get_sample_value("atas_relay_dead_events_total") or 0.0
+
+    before = dead()
+    bus = MemoryBus()
+    sub = bus.subscription("t", from_beginning=True)
+    await sub.start()
+    big_id = await pg_pool.fetchval(
+        "INSERT INTO outbox (event_id, event_key, payload) VALUES ($1, $2, $3) RETURNING id",
+        uuid.uuid4(), b"k", b"x" * 1_100_000)
+    client = await ingest(bus=bus)
+    h = auth()
+    ex = await start(client, h)
+    events = await _drain(sub, 1)
+    assert [(e.type, e.execution_id) for e in events] == [("execution.started", ex["id"])]
+    assert await pg_pool.fetchval("SELECT count(*) FROM outbox") == 0
+    row = await pg_pool.fetchrow("SELECT id, reason, length(payload) AS size FROM outbox_dead")
+    assert (row["id"], row["size"]) == (big_id, 1_100_000) and "larger than" in row["reason"]
+    assert dead() - before == 1
+    await sub.stop()
+
+
+async def test_a_batch_of_long_escaped_failures_still_makes_an_event_kafka_takes(ingest, auth):
+    """Each failed test listed in results.recorded is bounded in characters, but names of control
+    characters are escaped to 6 bytes each: the list is also bounded in bytes (then truncated)."""
+    bus = MemoryBus()
+    sub = bus.subscription("t", from_beginning=True)
+    await sub.start()
+    client = await ingest(bus=bus)
+    h = auth()
+    ex = await start(client, h)
+    noisy = "\x01" * 1000
+    batch = [{"test_id": f"t{i}-" + "x" * 1000, "name": noisy, "status": "failed", "error_type": noisy,
+              "error_message": noisy} for i in range(30)]  # ~570 KB listed in full
+    resp = await client.post(f"/v1/executions/{ex['id']}/results", json={"results": batch}, headers=h)
+    assert resp.status == 200, await resp.text()
+    got = []
+
+    async def recorded():
+        got.extend(await sub.poll(0.2))
+        return any(decode_event(m.value).type == "results.recorded" for m in got)
+
+    await wait_until(recorded)
+    (message,) = [m for m in got if decode_event(m.value).type == "results.recorded"]
+    event = decode_event(message.value)
+    assert len(message.value) < 400_000
+    assert event.data["failed_truncated"] and 0 < len(event.data["failed"]) < 30
+    await sub.stop()
