@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import msgspec
 from aiohttp import web
 
@@ -78,6 +79,13 @@ async def request_middleware(request: web.Request, handler):
                 message = "request body is too large"
             response = json_error(exc.status, code, message,
                                   headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+        except asyncpg.QueryCanceledError as exc:
+            # A statement timeout (or an operator's cancel): the request costs too much, retrying
+            # it as is would cost the same. Not "unavailable", which invites a retry.
+            log.warning("statement cancelled", error=f"{type(exc).__name__}: {exc}", path=request.path)
+            response = json_error(504, "statement_timeout",
+                                  "the database did not finish this request in time (DB_STATEMENT_TIMEOUT_MS); "
+                                  "narrow it: a shorter date range, a smaller batch or report")
         except UNAVAILABLE_ERRORS as exc:
             log.warning("dependency unavailable", error=f"{type(exc).__name__}: {exc}", path=request.path)
             response = json_error(503, "unavailable", "the database is unavailable; retry later",

@@ -63,3 +63,29 @@ async def test_a_cancelled_warm_up_leaves_no_connection_checked_out(pg):
     finally:
         async with asyncio.timeout(10):
             await pool.close()
+
+
+async def test_a_statement_timeout_is_a_504_that_says_to_narrow_the_request_not_a_retryable_503(pg):
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from atas.common.app import create_app
+    from atas.common.config import Settings
+
+    pool = await create_pool(DatabaseSettings(dsn=pg, pool_min=0, pool_max=2, statement_timeout_ms=200))
+
+    async def heavy(request: web.Request) -> web.Response:
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_sleep(2)")
+        return web.json_response({})
+
+    app = create_app(Settings(db=None, redis=None, kafka=None, jwt_secret="x" * 32), "test")
+    app.router.add_get("/heavy", heavy)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/heavy")
+            body = await resp.json()
+        assert resp.status == 504 and "Retry-After" not in resp.headers
+        assert body["error"]["code"] == "statement_timeout" and "narrow" in body["error"]["message"]
+    finally:
+        await pool.close()
