@@ -46,6 +46,20 @@ def client_max_size(settings: Settings) -> int:
     return IngestConfig.from_env().max_body_bytes
 
 
+# Creating a partition locks `results` exclusively; behind a long query that lock would wait, and
+# every insert would queue behind the waiting lock. Give up after this instead, and retry later.
+PARTITION_LOCK_TIMEOUT = "3s"
+
+
+async def ensure_partitions(pool, back: int, ahead: int) -> int:
+    """Create missing monthly result partitions; raises LockNotAvailableError rather than stalling
+    ingest behind a long-running query on ``results``."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{PARTITION_LOCK_TIMEOUT}'")
+            return await conn.fetchval("SELECT atas_ensure_result_partitions($1, $2)", back, ahead)
+
+
 async def _keep_partitions(app: web.Application, interval_s: float) -> None:
     """Create the coming months' result partitions now and every ``interval_s`` (idempotent)."""
     while True:
@@ -54,8 +68,7 @@ async def _keep_partitions(app: web.Application, interval_s: float) -> None:
         try:
             if pool is None:
                 raise RuntimeError("database pool not open")
-            created = await pool.fetchval("SELECT atas_ensure_result_partitions($1, $2)",
-                                          PARTITIONS_BACK, PARTITIONS_AHEAD)
+            created = await ensure_partitions(pool, PARTITIONS_BACK, PARTITIONS_AHEAD)
             if created:
                 log.info("result partitions created", count=created)
         except Exception as exc:  # noqa: BLE001 - PostgreSQL down at start: retry soon, don't crash

@@ -94,3 +94,29 @@ async def test_results_are_partitioned_with_months_prepared_ahead(pg):
         assert await conn.fetchval("SELECT atas_ensure_result_partitions(1, 3)") == 0  # idempotent
     finally:
         await conn.close()
+
+
+async def test_partition_upkeep_gives_way_to_a_long_query_instead_of_stalling_inserts(pg):
+    """Creating a partition locks `results` exclusively: behind a long query it must give up (and
+    retry later) rather than wait, since every insert would queue behind its waiting lock."""
+    import time
+
+    from atas.common.config import DatabaseSettings
+    from atas.common.db import create_pool
+    from atas.ingest.app import ensure_partitions
+
+    reader = await asyncpg.connect(pg)
+    pool = await create_pool(DatabaseSettings(dsn=pg, pool_min=0, pool_max=2))
+    try:
+        tx = reader.transaction()
+        await tx.start()
+        await reader.fetch("SELECT 1 FROM results LIMIT 1")  # a long report query holding its lock
+        started = time.monotonic()
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await ensure_partitions(pool, 1, 6)  # months 4..6 ahead are new: a CREATE is needed
+        assert time.monotonic() - started < 10
+        await tx.rollback()
+        assert await ensure_partitions(pool, 1, 6) == 3  # the next round, the query gone, creates them
+    finally:
+        await pool.close()
+        await reader.close()
