@@ -18,9 +18,12 @@ business rules and never asks which engine it has:
   may count an execution's results but not yet list its tests) is no longer served, on any pod;
 * a *near cache* keeps what a process just read for at most ``QUERY_NEAR_CACHE_MS`` (not for
   fenced entries), so hot dashboards cost one Redis GET per key, process and interval;
-* any Redis error opens a short circuit (``redis_retry_ms``): requests are answered from PostgreSQL
+* a Redis that cannot be reached (connection errors, timeouts, a server that refuses every
+  write) opens a short circuit (``redis_retry_ms``): requests are answered from PostgreSQL
   (``X-Cache: bypass``) without waiting on Redis, and the next request after the pause tries again,
-  so the cache comes back by itself when Redis does.
+  so the cache comes back by itself when Redis does. An error about one key (``WRONGTYPE``, a
+  rejected argument) only makes that request skip the cache: it says nothing about the others;
+* an entry with a TTL of 0 is not cached at all (``CACHE_TTL_*=0`` turns a view's cache off).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from atas.common.logging import get_logger
 
@@ -53,6 +58,20 @@ Outcome = Literal["hit", "miss", "bypass"]
 
 class CacheUnavailable(Exception):
     """The cache engine could not be used for this operation (Redis down or timing out)."""
+
+
+class CacheEntryError(CacheUnavailable):
+    """Redis answered, but refused this operation on this entry (``WRONGTYPE`` on a key of another
+    type, an invalid argument): skip the cache for this request; other keys are unaffected.
+
+    A subclass, so that callers that retry on :class:`CacheUnavailable` (the invalidator, the rollup
+    worker) still do; only :class:`ResponseCache` tells the two apart (no circuit for this one).
+    """
+
+
+# Errors that concern Redis as a whole, not one key: it cannot be reached, or refuses every write.
+_UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OutOfMemoryError, ClusterDownError,
+                       OSError, asyncio.TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +203,8 @@ def _stamped(value: bytes | None, generation: bytes | None) -> bytes | None:
 
 
 class RedisCacheEngine:
-    """Entries in Redis, shared by every pod. Raises :class:`CacheUnavailable` on any Redis error."""
+    """Entries in Redis, shared by every pod. Raises :class:`CacheUnavailable` when Redis cannot be
+    used, :class:`CacheEntryError` when it refuses an operation on one entry."""
 
     def __init__(self, redis: Redis):
         self._redis = redis
@@ -194,9 +214,12 @@ class RedisCacheEngine:
     async def _call(self, operation: str, aw: Awaitable):
         try:
             return await aw
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except _UNAVAILABLE_ERRORS as exc:
             metrics.CACHE_ERRORS.labels(operation).inc()
             raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except RedisError as exc:  # a reply about this key: WRONGTYPE, invalid expire time, ...
+            metrics.CACHE_ERRORS.labels(operation).inc()
+            raise CacheEntryError(f"{type(exc).__name__}: {exc}") from exc
 
     async def get(self, entry: Entry) -> bytes | None:
         if entry.generation is not None:  # one round trip, like a plain GET
@@ -389,6 +412,7 @@ class ResponseCache:
         # of other processes within `near_ms` (they expire), which bounds the added staleness.
         self._near: OrderedDict[str, tuple[float, Cached, str | None]] = OrderedDict()
         self.aggregations: dict[str, int] = {}
+        self._entry_errors_logged: set[tuple[str, str]] = set()
 
     def _near_get(self, entry: Entry) -> Cached | None:
         if self._near_s <= 0 or entry.fence is not None:
@@ -402,7 +426,7 @@ class ResponseCache:
         return item[1]
 
     def _near_put(self, entry: Entry, body: bytes, etag: str) -> None:
-        if self._near_s <= 0 or entry.fence is not None:
+        if self._near_s <= 0 or entry.fence is not None or entry.ttl_s <= 0:
             return
         self._near[entry.flight] = (time.monotonic() + min(self._near_s, entry.ttl_s), Cached(body, etag, "hit"),
                                     entry.generation)
@@ -414,7 +438,16 @@ class ResponseCache:
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    def _trip(self, exc: Exception) -> None:
+    def _failed(self, exc: CacheUnavailable, entry: Entry) -> None:
+        """Open the circuit when Redis is unavailable; an error about one entry only skips the cache
+        for the request at hand (logged once per kind of entry and error)."""
+        if isinstance(exc, CacheEntryError):
+            seen = (entry.kind, str(exc).split(":", 1)[0])
+            if seen not in self._entry_errors_logged:
+                self._entry_errors_logged.add(seen)
+                log.warning("cache refused an entry; answering from PostgreSQL (logged once)", kind=entry.kind,
+                            key=entry.key, error=str(exc))
+            return
         if self.available:
             log.warning("cache unavailable; answering from PostgreSQL", error=str(exc),
                         retry_ms=int(self._retry_s * 1000))
@@ -435,11 +468,11 @@ class ResponseCache:
         if near is not None:
             metrics.CACHE_REQUESTS.labels(entry.kind, "hit").inc()
             return near
-        if self.available:
+        if entry.ttl_s > 0 and self.available:
             try:
                 value = await self.engine.get(entry)
             except CacheUnavailable as exc:
-                self._trip(exc)
+                self._failed(exc, entry)
             else:
                 if value is not None:
                     metrics.CACHE_REQUESTS.labels(entry.kind, "hit").inc()
@@ -471,13 +504,16 @@ class ResponseCache:
         return result
 
     async def _fill(self, entry: Entry, compute: Callable[[], Awaitable[bytes]]) -> Cached:
+        if entry.ttl_s <= 0:  # caching is turned off for this view: every read computes
+            body = await self._compute(entry, compute)
+            return Cached(body, etag_of(body), "miss")
         if not self.available:
             body = await self._compute(entry, compute)
             return Cached(body, etag_of(body), "bypass")
         try:
             return await self._fill_shared(entry, compute)
         except CacheUnavailable as exc:
-            self._trip(exc)
+            self._failed(exc, entry)
             body = await self._compute(entry, compute)
             return Cached(body, etag_of(body), "bypass")
 
@@ -510,7 +546,7 @@ class ResponseCache:
             try:
                 await self.engine.put(entry, etag.encode() + body, fence)
             except CacheUnavailable as exc:
-                self._trip(exc)
+                self._failed(exc, entry)
                 return Cached(body, etag, "bypass")
             return Cached(body, etag, "miss")
         finally:

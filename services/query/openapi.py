@@ -18,10 +18,11 @@ def _param(name: str, description: str, *, required: bool = False, schema: dict 
             "schema": schema or {"type": "string"}}
 
 
-PROJECT = _param("project", "Project key; the token must grant `query:read` on it.", required=True)
-FROM = _param("from", "Start of the range, ISO-8601 (UTC when no offset). Default: `to` minus "
-                      "QUERY_DEFAULT_RANGE_DAYS.", schema={"type": "string", "format": "date-time"})
-TO = _param("to", "End of the range (exclusive), ISO-8601. Default: the next whole minute.",
+PROJECT = _param("project", "Project key; the token must grant `query:read` on it.", required=True,
+                 schema={"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"})
+FROM = _param("from", "Start of the range, ISO-8601 (UTC when no offset), 1970..2200. Default: `to` "
+                      "minus QUERY_DEFAULT_RANGE_DAYS.", schema={"type": "string", "format": "date-time"})
+TO = _param("to", "End of the range (exclusive), ISO-8601, 1970..2200. Default: the next whole minute.",
             schema={"type": "string", "format": "date-time"})
 ENV = _param("environment", "Only executions of this environment.")
 BRANCH = _param("branch", "Only executions of this branch.")
@@ -31,15 +32,16 @@ EXEC_ID = _param("id", "Execution id (UUID).", required=True, where="path",
                  schema={"type": "string", "format": "uuid"})
 
 _ERRORS = {
-    "400": {"description": "Invalid parameter (bad date, `from` after `to`, range too large, bad cursor, "
-                           "unknown bucket)", "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{PREFIX}Error"}}}},
+    "400": {"description": "Invalid parameter (bad date or one outside 1970..2200, `from` after `to`, range "
+                           "too large, bad cursor, unknown bucket, malformed project key, control characters)", "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{PREFIX}Error"}}}},
     "401": {"description": "Missing or invalid token"},
     "403": {"description": "Token lacks `query:read` on the project"},
 }
 _CACHE_HEADERS = {
     "ETag": {"schema": {"type": "string"}, "description": "Send it back in If-None-Match to get a 304."},
     "X-Cache": {"schema": {"type": "string", "enum": ["hit", "miss", "bypass"]},
-                "description": "hit: served from cache; miss: computed now; bypass: cache unavailable."},
+                "description": "hit: served from cache; miss: computed now (always when the view's TTL is 0); "
+                               "bypass: cache unavailable or refused this entry, not cached."},
 }
 
 
@@ -84,7 +86,7 @@ def fragment() -> dict[str, Any]:
     status = _param("status", "Filter by execution status.",
                     schema={"type": "string", "enum": ["running", "passed", "failed", "error", "cancelled"]})
     result_status = _param("status", "Filter by result status (repeat or comma-separate for several).")
-    test_id = _param("test_id", "Test id (URL-encoded).", required=True, where="path")
+    test_id = _param("test_id", "Test id (URL-encoded; no NUL).", required=True, where="path")
     day_note = " Per-test aggregates cover whole UTC days: the range is widened and echoed in `range`."
     return {
         "tags": [{"name": _TAG, "description": "Dashboard reads: aggregations, lists and histories"}],

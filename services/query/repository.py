@@ -182,11 +182,15 @@ class QueryRepository:
 
     # ------------------------------------------------------------------ per-test aggregates
     async def top_failing(self, scope: Scope, first_day: date, end_day: date, limit: int,
-                          *, with_runs: bool) -> list[asyncpg.Record]:
-        """Tests by failures (failed + error attempts) over whole UTC days, from the rollup.
+                          *, with_runs: bool = True) -> list[asyncpg.Record]:
+        """Tests by failures (failed + error attempts) over whole UTC days, from the rollup, with
+        their runs over the whole range (days without failures included) for a failure rate.
 
-        Without ``with_runs`` only the days with failures are read (a partial index); with it, the
-        test's runs over the whole range are summed too, for a failure rate.
+        The overview and ``tests/failing`` both read it this way, so their numbers agree: reading
+        only the days with failures would save little (the rollup has no index on failures, the
+        range is read either way) and would undercount ``runs``. ``with_runs=False`` (only those
+        days; ``runs`` then counts the days with failures only) is not used by the API; the
+        benchmark's query plans still ask for it.
         """
         table, w = _daily(scope, first_day, end_day)
         if not with_runs:

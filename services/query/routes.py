@@ -12,7 +12,7 @@ import binascii
 import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from aiohttp import web
@@ -20,6 +20,7 @@ from aiohttp import web
 from atas.common.app import SETTINGS
 from atas.common.auth import Principal, authenticate, authorize, token_from_request
 from atas.common.errors import ApiError, bad_request, not_found, parse_query
+from atas.common.schemas import EARLIEST, LATEST, ProjectKey
 
 from . import cache as c
 from . import schemas as s
@@ -30,6 +31,10 @@ SCOPE = "query:read"
 MAX_BUCKETS = 5000  # a trends answer wider than this is a mistake (hours over a year), not a chart
 STATUSES = ("passed", "failed", "skipped", "error")
 EXECUTION_STATUSES = ("running", "passed", "failed", "error", "cancelled")
+# Instants a request may name (`from`, `to`, a cursor's range) are those ingest stores (EARLIEST..
+# LATEST, UTC). Outside them a date is a typo, and near datetime's own limits (years 1 and 9999)
+# the range arithmetic would overflow.
+INT4_MAX = 2**31 - 1  # attempts are `integer` columns
 
 _encoder = msgspec.json.Encoder()
 
@@ -83,13 +88,17 @@ QUERY_STATE = web.AppKey("atas_query_state", QueryState)
 
 # ------------------------------------------------------------------------------ parameters
 
+# Environment and branch filters: as long as ingest accepts them, and no control characters (NUL
+# cannot even be sent to PostgreSQL; git refuses control characters in branch names).
+Label = Annotated[str, msgspec.Meta(max_length=1024, pattern=r"^[^\x00-\x1f\x7f]*\Z")]
+
 
 class RangeParams(msgspec.Struct, forbid_unknown_fields=False):
-    project: str
+    project: ProjectKey
     from_: str | None = msgspec.field(default=None, name="from")
     to: str | None = None
-    environment: str | None = None
-    branch: str | None = None
+    environment: Label | None = None
+    branch: Label | None = None
 
 
 class TrendParams(RangeParams):
@@ -97,7 +106,7 @@ class TrendParams(RangeParams):
 
 
 class TopParams(RangeParams):
-    limit: int = 20
+    limit: int | None = None  # the view's default: 10 in the overview, 20 in tests/*
 
 
 class ListParams(RangeParams):
@@ -107,18 +116,34 @@ class ListParams(RangeParams):
 
 
 class ProjectParams(msgspec.Struct):
-    project: str
+    project: ProjectKey
+
+
+def _utc(value: datetime) -> datetime | None:
+    """``value`` in UTC (naive means UTC), or None when that is not a representable datetime
+    (0001-01-01T00:00+01:00 is in year 0 in UTC)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        return None
 
 
 def _parse_time(value: str, name: str) -> datetime:
     try:
-        parsed = datetime.fromisoformat(value.strip())
+        parsed = _utc(datetime.fromisoformat(value.strip()))
     except ValueError:
         raise bad_request(f"`{name}` must be an ISO-8601 date or time such as 2026-01-31T12:00:00Z, "
                           f"got {value!r}", field=name, code="invalid_parameter") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)  # times without an offset are UTC
-    return parsed.astimezone(timezone.utc)
+    if parsed is None or not EARLIEST <= parsed <= LATEST:
+        raise bad_request(f"`{name}` must be between {EARLIEST.date()} and {LATEST.date()} (UTC), got {value!r}",
+                          field=name, code="invalid_parameter")
+    return parsed
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _ceil_minute(t: datetime) -> datetime:
@@ -134,12 +159,13 @@ def resolve_range(p: RangeParams, config: QueryConfig, *, required: bool = True)
     """
     if not required and p.from_ is None and p.to is None:
         return None
-    end = _parse_time(p.to, "to") if p.to is not None else _ceil_minute(datetime.now(timezone.utc))
+    end = _parse_time(p.to, "to") if p.to is not None else _ceil_minute(_now())
+    # Both ends lie within EARLIEST..LATEST, so no arithmetic on them (here, day_range) can overflow.
     start = (_parse_time(p.from_, "from") if p.from_ is not None
-             else end - timedelta(days=config.default_range_days))
+             else max(end - timedelta(days=config.default_range_days), EARLIEST))
     if start >= end:
         raise bad_request(f"`from` ({start.isoformat()}) must be before `to` ({end.isoformat()})",
-                          field="from", code="invalid_range")
+                          field="from" if p.from_ is not None else "to", code="invalid_range")
     if end - start > timedelta(days=config.max_range_days):
         raise bad_request(f"the range from {start.isoformat()} to {end.isoformat()} exceeds the maximum of "
                           f"{config.max_range_days} days", field="to", code="range_too_large")
@@ -178,7 +204,13 @@ def encode_cursor(kind: str, *values: Any) -> str:
 
 
 def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> tuple:
-    """Parse an opaque cursor of ``kind``; 400 when it is not one this endpoint handed out."""
+    """Parse an opaque cursor of ``kind``; 400 when it is not one this endpoint handed out.
+
+    Cursors come back from clients, so their contents are checked as strictly as parameters:
+    datetimes must carry an offset and exist in UTC (they are returned in UTC), integers are
+    attempts (1..2**31-1, an ``integer`` column), strings hold no NUL (PostgreSQL text cannot).
+    Strings may hold other control characters: they are stored test ids, which ingest accepts.
+    """
     problem = bad_request("`cursor` is not valid for this endpoint; restart from the first page",
                           field="cursor", code="invalid_cursor")
     try:
@@ -189,15 +221,22 @@ def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> tuple:
     if not isinstance(data, list) or len(data) != len(types) + 1 or data[0] != kind:
         raise problem
     out = []
-    for value, typ in zip(data[1:], types):
+    for value, typ in zip(data[1:], types, strict=True):
         try:
             if typ is datetime:
                 value = datetime.fromisoformat(value)
                 if value.tzinfo is None:
                     raise ValueError
+                value = _utc(value)
+                if value is None:
+                    raise ValueError
             elif typ is uuid.UUID:
                 value = str(uuid.UUID(value))
             elif not isinstance(value, typ) or isinstance(value, bool):
+                raise ValueError
+            elif typ is int and not 1 <= value <= INT4_MAX:
+                raise ValueError
+            elif typ is str and "\x00" in value:
                 raise ValueError
         except (TypeError, ValueError, AttributeError):
             raise problem from None
@@ -314,7 +353,7 @@ async def overview(request: web.Request) -> web.Response:
 
     async def compute() -> bytes:
         r = await repo.overview(scope)
-        top = await repo.top_failing(scope, first, last, limit, with_runs=False)
+        top = await repo.top_failing(scope, first, last, limit)
         return _encoder.encode(s.Overview(
             project=scope.project, range=_range(scope.start, scope.end), environment=scope.environment,
             branch=scope.branch, executions=r["executions"], executions_by_status=_exec_counts(r),
@@ -456,7 +495,7 @@ async def execution_status(request: web.Request) -> web.Response:
 
 
 class ResultParams(msgspec.Struct):
-    project: str
+    project: ProjectKey
     cursor: str | None = None
     limit: int | None = None
     status: str | list[str] | None = None
@@ -500,7 +539,7 @@ def _tests_handler(kind: Literal["failing", "slowest", "flaky"]):
         async def compute() -> bytes:
             items: list[Any]
             if kind == "failing":
-                items = _failing(await repo.top_failing(scope, first, last, limit, with_runs=True))
+                items = _failing(await repo.top_failing(scope, first, last, limit))
             elif kind == "slowest":
                 items = [s.SlowTest(test_id=r["test_id"], name=r["name"], suite=r["suite"], runs=r["runs"],
                                     mean_ms=round(r["mean_ms"], 3), max_ms=r["max_ms"])
@@ -525,14 +564,37 @@ class HistoryParams(RangeParams):
     limit: int | None = None
 
 
+def _test_id(request: web.Request) -> str:
+    test_id = request.match_info["test_id"]
+    if "\x00" in test_id:  # other control characters are allowed: ingest stores them in test ids
+        raise bad_request("test id must not contain NUL characters", field="test_id", code="invalid_parameter")
+    return test_id
+
+
+def _history_cursor(cursor: str, config: QueryConfig) -> tuple[tuple[datetime, str, int], datetime, datetime]:
+    """The position after which the next page starts, and the range of the first page.
+
+    The range travels in the cursor because without ``from``/``to`` it is relative to now: computed
+    again for each page, its start would move past rows that no page has listed yet.
+    """
+    started_at, execution_id, attempt, start, end = decode_cursor(
+        cursor, "th", (datetime, uuid.UUID, int, datetime, datetime))
+    if not EARLIEST <= start < end <= LATEST or end - start > timedelta(days=config.max_range_days):
+        raise bad_request("`cursor` is not valid for this endpoint; restart from the first page",
+                          field="cursor", code="invalid_cursor")
+    return (started_at, execution_id, attempt), start, end
+
+
 async def test_history(request: web.Request) -> web.Response:
     state, repo = _state(request)
     p = parse_query(HistoryParams, request)
     _auth(request, p.project)
     limit = _limit(p.limit, state.config)
     start, end = resolve_range(p, state.config)
-    test_id = request.match_info["test_id"]
-    after = decode_cursor(p.cursor, "th", (datetime, uuid.UUID, int)) if p.cursor else None
+    test_id = _test_id(request)
+    after = None
+    if p.cursor:  # later pages keep the range of the first one
+        after, start, end = _history_cursor(p.cursor, state.config)
     rows = await repo.history(p.project, test_id, start=start, end=end, limit=limit + 1, after=after,
                               environment=_optional(p.environment), branch=_optional(p.branch))
     more = len(rows) > limit
@@ -541,7 +603,7 @@ async def test_history(request: web.Request) -> web.Response:
     if more:
         last = rows[-1]
         cursor = encode_cursor("th", last["execution_started_at"].isoformat(), str(last["execution_id"]),
-                               last["attempt"])
+                               last["attempt"], start.isoformat(), end.isoformat())
     items = [s.HistoryItem(execution_id=str(r["execution_id"]), execution_name=r["execution_name"],
                            execution_started_at=r["execution_started_at"], environment=r["environment"],
                            branch=r["branch"], commit=r["commit_sha"], attempt=r["attempt"], status=r["status"],

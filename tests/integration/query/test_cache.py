@@ -228,3 +228,40 @@ async def test_in_process_cache_engine_without_redis(pg, token, small):
         assert page.headers["X-Cache"] == "miss"
         assert (await client.get("/v1/executions", params={"project": "demo"}, headers=auth)).headers["X-Cache"] == "hit"
     assert outcomes == ["miss", "hit", "hit"]
+
+
+@pytest.mark.redis
+async def test_an_error_about_one_key_skips_the_cache_for_that_request_only(pg, redis_settings, redis_client,
+                                                                            token, small):
+    settings = make_settings(db_dsn=pg, redis=redis_settings)
+    auth = {"Authorization": f"Bearer {token()}"}
+    rng = {"project": "demo", "from": iso(START), "to": iso(NOW)}
+    # The key of the recent-pages hash holds a string (WRONGTYPE on HGET/HSET).
+    await redis_client.set("atas:cache:v1:recent:demo", b"not a hash")
+    async with query_client(settings) as client:
+        resp = await client.get("/v1/executions", params={"project": "demo"}, headers=auth)
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["X-Cache"] == "bypass"
+        assert len((await resp.json())["items"]) == 40
+        # Redis is fine: the other keys are still cached (no circuit opened for the whole pod).
+        assert (await client.get("/v1/trends", params=rng, headers=auth)).headers["X-Cache"] == "miss"
+        assert (await client.get("/v1/dashboard/overview", params=rng, headers=auth)).headers["X-Cache"] == "miss"
+        assert _state(client).cache.available
+
+
+@pytest.mark.redis
+async def test_a_ttl_of_zero_turns_a_views_cache_off_without_tripping_the_circuit(pg, redis_settings, token, small):
+    settings = make_settings(db_dsn=pg, redis=redis_settings)
+    auth = {"Authorization": f"Bearer {token()}"}
+    rng = {"project": "demo", "from": iso(START), "to": iso(NOW)}
+    async with query_client(settings, QueryConfig(cache_ttl_tests=0)) as client:
+        outcomes = []
+        for _ in range(2):
+            resp = await client.get("/v1/tests/failing", params=rng, headers=auth)
+            assert resp.status == 200, await resp.text()
+            outcomes.append(resp.headers["X-Cache"])
+        assert outcomes == ["miss", "miss"]
+        assert _state(client).cache.aggregations["tests_failing"] == 2
+        # Other views still use Redis.
+        assert (await client.get("/v1/trends", params=rng, headers=auth)).headers["X-Cache"] == "miss"
+        assert (await client.get("/v1/trends", params=rng, headers=auth)).headers["X-Cache"] == "hit"

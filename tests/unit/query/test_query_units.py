@@ -177,3 +177,52 @@ async def test_a_pod_that_wins_the_lock_after_another_stored_the_value_does_not_
     got = await pod_b._fill(entry, body)
     assert (got.outcome, got.body) == ("miss", b'{"n":1}')
     assert pod_b.aggregations == {}
+
+
+def test_cursor_contents_are_checked_like_parameters():
+    import uuid
+
+    u = "0b9c1c1e-6a3c-4e9d-8a44-1c1f8a1d2e3f"
+    t = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+    # returned in UTC, whatever the offset it was written with
+    assert decode_cursor(encode_cursor("ex", "2026-03-01T14:00:00+02:00", u), "ex", (datetime, uuid.UUID)) == (t, u)
+    assert decode_cursor(encode_cursor("rs", "a\tb", 2**31 - 1), "rs", (str, int)) == ("a\tb", 2**31 - 1)
+    ex, rs = (datetime, uuid.UUID), (str, int)
+    for kind, bad, types in (("ex", encode_cursor("ex", "0001-01-01T00:00:00+14:00", u), ex),
+                             ("ex", encode_cursor("ex", "9999-12-31T23:00:00-05:00", u), ex),
+                             ("rs", encode_cursor("rs", "a", 2**31), rs),
+                             ("rs", encode_cursor("rs", "a", 0), rs),
+                             ("rs", encode_cursor("rs", "a", True), rs),
+                             ("rs", encode_cursor("rs", "a\x00", 1), rs)):
+        with pytest.raises(ApiError) as info:
+            decode_cursor(bad, kind, types)
+        assert info.value.status == 400 and info.value.field == "cursor"
+
+
+def test_ranges_stay_within_the_supported_years_so_their_arithmetic_cannot_overflow():
+    config = QueryConfig(max_range_days=400, default_range_days=7)
+    for params, field in ((RangeParams(project="p", to="0001-01-02"), "to"),
+                          (RangeParams(project="p", from_="0001-01-01T00:00:00+01:00", to="2026-01-05"), "from"),
+                          (RangeParams(project="p", from_="9999-12-30", to="9999-12-31T12:00"), "to"),
+                          (RangeParams(project="p", from_="2026-01-01", to="2200-01-01T00:00:00.000001"), "to"),
+                          (RangeParams(project="p", to="1970-01-01"), "to")):
+        with pytest.raises(ApiError) as info:
+            resolve_range(params, config)
+        assert info.value.status == 400 and info.value.field == field, params
+    # the edges are accepted, and the default start does not reach before the first supported day
+    start, end = resolve_range(RangeParams(project="p", to="1970-01-03"), config)
+    assert (start, end) == (datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(1970, 1, 3, tzinfo=timezone.utc))
+    start, end = resolve_range(RangeParams(project="p", from_="2199-12-30T12:00", to="2200-01-01"), config)
+    assert day_range(start, end) == (date(2199, 12, 30), date(2200, 1, 1))
+
+
+async def test_a_ttl_of_zero_is_never_cached():
+    engine = c.MemoryCacheEngine()
+    cache = c.ResponseCache(engine, near_ms=60_000)
+    entry = c.tests_entry("tests_failing", "demo", "k", 0)
+
+    async def body() -> bytes:
+        return b"{}"
+
+    assert [(await cache.fetch(entry, body)).outcome for _ in range(3)] == ["miss"] * 3
+    assert cache.aggregations == {"tests_failing": 3} and await engine.get(entry) is None
