@@ -360,9 +360,11 @@ class Session:
         except (TimeoutError, ConnectionError):
             pass
         transport = self.request.transport
-        if transport is not None:
-            if reason == END_SLOW:
-                transport.close()  # flushes what is buffered (the final event) if the peer reads
+        if transport is not None and (reason == END_SLOW or transport.get_write_buffer_size()):
+            # Close rather than keep the connection alive for another request: the deadline below
+            # must concern this stream's peer only. Closing flushes what is buffered (the final
+            # event) if the peer reads.
+            transport.close()
             if transport.get_write_buffer_size():
                 asyncio.get_running_loop().call_later(self.cfg.write_timeout_s, _abort_if_stalled, transport)
         return reason
