@@ -92,11 +92,14 @@ async def apply_once(pool: asyncpg.Pool, batch: int = 1000) -> tuple[int, int, l
     return row["claimed"], row["deltas"], row["projects"]
 
 
-async def drain(pool: asyncpg.Pool, batch: int = 1000, touched: set[str] | None = None) -> int:
+async def drain(pool: asyncpg.Pool, batch: int = 1000, touched: set[str] | None = None,
+                after_round: Callable[[], Awaitable[None]] | None = None) -> int:
     """Apply everything committed so far; returns the number of per-test deltas applied.
 
     The projects of the applied rows are added to ``touched`` as each round commits, so a caller
-    learns them even when a later round fails.
+    learns them even when a later round fails; ``after_round`` runs after each round that applied
+    something while more is queued (so a long backlog does not keep caches on answers computed
+    before its first rounds).
     """
     total = 0
     while True:
@@ -106,6 +109,8 @@ async def drain(pool: asyncpg.Pool, batch: int = 1000, touched: set[str] | None 
             touched.update(projects)
         if claimed < batch:
             return total
+        if after_round is not None:
+            await after_round()
 
 
 class RollupWorker:
@@ -144,7 +149,7 @@ class RollupWorker:
         while not stop.is_set():
             started = time.perf_counter()
             try:
-                applied = await drain(self._pool, self._batch, self._pending)
+                applied = await drain(self._pool, self._batch, self._pending, after_round=self._publish)
             except UNAVAILABLE_ERRORS as exc:
                 if not failing:
                     log.warning("rollup worker cannot reach PostgreSQL; retrying", error=str(exc))

@@ -61,3 +61,35 @@ async def test_concurrent_ingest_transactions_do_not_wait_on_each_other(pg_pool,
         await second.execute("RESET lock_timeout")
     await settle(pg_pool)
     assert await _rollup(pg_pool) == {f"t{i}": (2, 1) for i in range(5)}
+
+
+async def test_a_long_backlog_tells_the_cache_after_every_round_not_only_at_its_end(pg_pool, dataset: Dataset):
+    """Cached per-test answers are dropped when rollup rounds commit; during a backlog of many
+    rounds they must not stay on answers computed before its first rounds until it is all done."""
+    import asyncio
+
+    from atas.query.rollups import RollupWorker
+
+    started = datetime.now(timezone.utc) - timedelta(hours=1)
+    for _ in range(4):  # four queued executions: four rounds of one
+        async with pg_pool.acquire() as conn:
+            await _insert(conn, uuid.uuid4(), started, ["failed", "passed"])
+    told: list[frozenset[str]] = []
+
+    async def on_applied(projects):
+        told.append(frozenset(projects))
+
+    worker = RollupWorker(pg_pool, interval_s=3600, batch=1, on_applied=on_applied)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            while await pg_pool.fetchval("SELECT count(*) FROM query_rollup_queue"):
+                await asyncio.sleep(0.05)
+            while not told:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+    assert len(told) >= 3 and set(told) == {frozenset({"demo"})}
+    assert await _rollup(pg_pool) == {"t0": (4, 4), "t1": (4, 0)}
