@@ -218,12 +218,14 @@ class QueryRepository:
             return await conn.fetch(sql, *w.args)
 
     async def flaky(self, scope: Scope, first_day: date, end_day: date, limit: int) -> list[asyncpg.Record]:
-        """Tests that passed on a retry, or passed and failed on a commit run more than once.
+        """Tests that passed on a retry, or whose re-runs of one commit disagreed.
 
         ``retry_passes`` (attempts > 1 that passed) come from the rollup. ``flaky_commits`` counts
         the (commit, environment) pairs run by more than one execution in the range on which the
-        test both passed and failed: only the results of those re-run executions are read (by
-        primary key), so the cost follows re-runs, not all results of the range.
+        test's *final* attempt passed in one execution and failed in another (a fail-then-pass
+        within one execution is a retry pass, not counted twice): only the results of those re-run
+        executions are read (by primary key), so the cost follows re-runs, not all results of the
+        range.
         """
         table = "query_test_daily_branch" if scope.branch is not None else "query_test_daily"
         w = _Where(scope.project, first_day, end_day)
@@ -250,8 +252,9 @@ class QueryRepository:
                     -- parameterised scan: the planner cannot estimate how few executions are
                     -- re-runs and would otherwise hash-join every result of the table.
                     CROSS JOIN LATERAL (
-                        SELECT r.test_id, r.status FROM results r
+                        SELECT DISTINCT ON (r.test_id) r.test_id, r.status FROM results r
                         WHERE r.execution_started_at = x.started_at AND r.execution_id = x.id
+                        ORDER BY r.test_id, r.attempt DESC  -- each test's final attempt
                         OFFSET 0
                     ) r
                     WHERE x.runs > 1

@@ -162,18 +162,22 @@ async def test_per_test_lists_equal_a_recount(pg, redis_settings, token, populat
         executions_of[(e.commit, e.environment)] += 1
     for e in execs:
         rerun = executions_of[(e.commit, e.environment)] > 1
+        final = {}  # test -> its final attempt in this execution
         for r in e.results:
             runs[r.test_id] += 1
             dsum[r.test_id] += r.duration_ms
             if r.status in ("failed", "error"):
                 fails[r.test_id] += 1
-                if rerun:
-                    failed_on[r.test_id].add((e.commit, e.environment))
-            if r.status == "passed":
-                if rerun:
-                    passed_on[r.test_id].add((e.commit, e.environment))
-                if r.attempt > 1:
-                    retry_passes[r.test_id] += 1
+            if r.status == "passed" and r.attempt > 1:
+                retry_passes[r.test_id] += 1
+            if r.test_id not in final or r.attempt > final[r.test_id].attempt:
+                final[r.test_id] = r
+        # Re-runs of a commit that disagree on a test's final outcome make a flaky commit.
+        for test_id, r in final.items() if rerun else ():
+            if r.status in ("failed", "error"):
+                failed_on[test_id].add((e.commit, e.environment))
+            elif r.status == "passed":
+                passed_on[test_id].add((e.commit, e.environment))
 
     assert [(t["test_id"], t["failures"], t["runs"]) for t in failing["items"]] == sorted(
         ((t, fails[t], runs[t]) for t in fails), key=lambda x: (-x[1], x[0]))
