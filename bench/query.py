@@ -437,11 +437,11 @@ async def explain(dsn: str, range_days: int, path: Path) -> None:
         cases = [
             (f"Overview, execution part ({range_days} days)", lambda: repo.overview(scope)),
             (f"Overview, top failing tests ({range_days} days, rollup)",
-             lambda: repo.top_failing(scope, first, last, 10, with_runs=False)),
+             lambda: repo.top_failing(scope, first, last, 10)),
             (f"Trends by day ({range_days} days)", lambda: repo.trends(scope, "day")),
             (f"Trends by hour ({range_days} days)", lambda: repo.trends(scope, "hour")),
             (f"Failing tests ({range_days} days, rollup)",
-             lambda: repo.top_failing(scope, first, last, 20, with_runs=True)),
+             lambda: repo.top_failing(scope, first, last, 20)),
             (f"Slowest tests, branch main ({range_days} days, per-branch rollup)",
              lambda: repo.slowest(Scope(PROJECT, scope.start, scope.end, branch="main"), first, last, 20)),
             (f"Flaky tests ({range_days} days)", lambda: repo.flaky(scope, first, last, 20)),

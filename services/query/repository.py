@@ -181,20 +181,15 @@ class QueryRepository:
             return await conn.fetch(sql, *w.args)
 
     # ------------------------------------------------------------------ per-test aggregates
-    async def top_failing(self, scope: Scope, first_day: date, end_day: date, limit: int,
-                          *, with_runs: bool = True) -> list[asyncpg.Record]:
+    async def top_failing(self, scope: Scope, first_day: date, end_day: date, limit: int) -> list[asyncpg.Record]:
         """Tests by failures (failed + error attempts) over whole UTC days, from the rollup, with
         their runs over the whole range (days without failures included) for a failure rate.
 
         The overview and ``tests/failing`` both read it this way, so their numbers agree: reading
         only the days with failures would save little (the rollup has no index on failures, the
-        range is read either way) and would undercount ``runs``. ``with_runs=False`` (only those
-        days; ``runs`` then counts the days with failures only) is not used by the API; the
-        benchmark's query plans still ask for it.
+        range is read either way) and would undercount ``runs``.
         """
         table, w = _daily(scope, first_day, end_day)
-        if not with_runs:
-            w.add("failed + errored > 0")
         sql = f"""
             SELECT test_id, max(name) AS name, max(suite) AS suite,
                    sum(failed + errored)::bigint AS failures, sum(runs)::bigint AS runs,
