@@ -52,7 +52,8 @@ def mint_token(secret: str, *, subject: str, scopes: Iterable[str], projects: It
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def _unauthorized(message: str) -> ApiError:
+def unauthorized(message: str) -> ApiError:
+    """401 with the Bearer challenge, for a missing, invalid or expired token."""
     return ApiError(401, "unauthorized", message,
                     headers={"WWW-Authenticate": f'Bearer realm="atas", error="invalid_token"'})
 
@@ -62,12 +63,12 @@ def verify_token(secret: str, token: str) -> Principal:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
                             options={"require": ["sub", "iat", "exp"]}, leeway=30)
     except jwt.ExpiredSignatureError:
-        raise _unauthorized("token has expired; mint a new one") from None
+        raise unauthorized("token has expired; mint a new one") from None
     except jwt.InvalidTokenError as exc:
-        raise _unauthorized(f"invalid token: {exc}") from None
+        raise unauthorized(f"invalid token: {exc}") from None
     scopes, projects = claims.get("scopes"), claims.get("projects")
     if not isinstance(scopes, list) or not isinstance(projects, list):
-        raise _unauthorized("invalid token: claims 'scopes' and 'projects' must be lists")
+        raise unauthorized("invalid token: claims 'scopes' and 'projects' must be lists")
     return Principal(subject=str(claims["sub"]), scopes=frozenset(map(str, scopes)),
                      projects=frozenset(map(str, projects)),
                      expires_at=float(claims["exp"]))
@@ -87,14 +88,14 @@ def token_from_request(request: web.Request, *, allow_query: bool = False) -> st
     if token:
         return token
     if header:
-        raise _unauthorized("Authorization header must be 'Bearer <token>'")
+        raise unauthorized("Authorization header must be 'Bearer <token>'")
     return None
 
 
 def authenticate(request: web.Request, secret: str, *, allow_query: bool = False) -> Principal:
     token = token_from_request(request, allow_query=allow_query)
     if token is None:
-        raise _unauthorized("authentication required: send 'Authorization: Bearer <token>' "
+        raise unauthorized("authentication required: send 'Authorization: Bearer <token>' "
                             "(mint one with `atas token`)")
     return verify_token(secret, token)
 

@@ -132,10 +132,7 @@ class Client:
             waiter.set_result(None)
 
     def remember_unpositioned(self, event_id: str) -> None:
-        self.unpositioned.add(event_id)
-        self._unpos_order.append(event_id)
-        if len(self._unpos_order) > _REMEMBERED:
-            self.unpositioned.discard(self._unpos_order.popleft())
+        _remember(self.unpositioned, self._unpos_order, event_id)
 
     def frame_of(self, event: Event) -> bytes:
         """What to write for a positioned event: the event, or only its ``id:`` when it went out
@@ -154,6 +151,15 @@ class Client:
 # deliveries is bounded by a multiple of it, so nothing delivered during one outage is forgotten.
 MAX_LOCAL_PENDING = 10_000
 _REMEMBERED = 2 * MAX_LOCAL_PENDING
+
+
+def _remember(ids: set[str], order: deque[str], event_id: str) -> None:
+    """Add ``event_id`` to ``ids``, which keeps the newest ``_REMEMBERED`` (``order``: their age;
+    it may still list ids discarded since, which then pop as no-ops)."""
+    ids.add(event_id)
+    order.append(event_id)
+    if len(order) > _REMEMBERED:
+        ids.discard(order.popleft())
 
 
 class Fanout(Protocol):
@@ -263,12 +269,8 @@ class Hub:
             if not events:
                 return
         else:
-            ids, order = self._positioned_ids, self._positioned_order
             for e in events:
-                ids.add(e.event_id)
-                order.append(e.event_id)
-            while len(order) > _REMEMBERED:
-                ids.discard(order.popleft())
+                _remember(self._positioned_ids, self._positioned_order, e.event_id)
         if last is not None and self.fanout is not None and self.fanout.active(project):
             # Subscribed: every event after the newest delivered one arrives here live. Kept even
             # before any tail read, so a read that raced with this delivery cannot set it back.

@@ -23,7 +23,7 @@ import msgspec
 from aiohttp import web
 
 from atas.common.app import SETTINGS
-from atas.common.auth import require
+from atas.common.auth import require, unauthorized
 from atas.common.errors import ApiError, parse_query
 from atas.common.events import EVENT_TYPES
 from atas.common.logging import get_logger
@@ -84,8 +84,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if principal.expires_at is not None and principal.expires_at <= time.time():
         # Verification allows clock skew; a stream would end at once (and EventSource reconnect
         # every few seconds until the skew allowance runs out): refuse it now.
-        raise ApiError(401, "unauthorized", "token has expired; mint a new one",
-                       headers={"WWW-Authenticate": 'Bearer realm="atas", error="invalid_token"'})
+        raise unauthorized("token has expired; mint a new one")
     if state.hub.draining:
         raise _unavailable("draining", "this server is shutting down; retry on another", cfg.retry_after_s)
     if state.hub.count >= cfg.max_connections:
@@ -198,8 +197,9 @@ class Session:
         transport = self.transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size() > _FAST_WRITE_BYTES:
             return False
-        if any(event.pos is None for event in events):
-            return False  # not from Pub/Sub: the queue path handles it
+        for event in events:
+            if event.pos is None:
+                return False  # not from Pub/Sub: the queue path handles it
         frames = []
         for event in events:
             if event.pos <= cursor:
