@@ -38,19 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atas.common.config import ConfigError, load_settings
+    from .common import die, settings_or_exit
 
     if args.partitions < 1 or (args.replication_factor is not None and args.replication_factor < 1):
-        print("atas: --partitions and --replication-factor must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        settings = load_settings(mode="dev", need_db=False)
-    except ConfigError as exc:
-        print(f"atas: {exc}", file=sys.stderr)
-        return 2
+        die("--partitions and --replication-factor must be at least 1")
+    settings = settings_or_exit("dev", need_db=False)
     if settings.kafka is None:
-        print("atas: KAFKA_BOOTSTRAP_SERVERS is required for `atas topic`", file=sys.stderr)
-        return 2
+        die("KAFKA_BOOTSTRAP_SERVERS is required for `atas topic`")
     from atas.common.logging import configure_logging
 
     configure_logging(settings.log_level, service="topic")

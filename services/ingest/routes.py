@@ -189,8 +189,7 @@ _XML_TYPES = ("application/xml", "text/xml")
 async def import_junit(request: web.Request) -> web.Response:
     principal = _principal(request)
     params = parse_query(JunitParams, request)
-    field = next((f for f in params.__struct_fields__
-                  if isinstance(getattr(params, f), str) and "\x00" in getattr(params, f)), None)
+    field = _find_nul(msgspec.structs.asdict(params))
     if field is not None:
         raise ApiError(400, "invalid_parameter", f"NUL characters are not allowed in query parameter `{field}`",
                        field=field)
