@@ -55,7 +55,7 @@ def mint_token(secret: str, *, subject: str, scopes: Iterable[str], projects: It
 def unauthorized(message: str) -> ApiError:
     """401 with the Bearer challenge, for a missing, invalid or expired token."""
     return ApiError(401, "unauthorized", message,
-                    headers={"WWW-Authenticate": f'Bearer realm="atas", error="invalid_token"'})
+                    headers={"WWW-Authenticate": 'Bearer realm="atas", error="invalid_token"'})
 
 
 def verify_token(secret: str, token: str) -> Principal:
