@@ -124,10 +124,16 @@ async def read_json(request: web.Request, type_: type[T], *, limit: int,
 
 
 def parse_query(type_: type[T], request: web.Request) -> T:
-    """Validate query parameters into a msgspec Struct (``strict=False`` converts strings)."""
+    """Validate query parameters into a msgspec Struct (``strict=False`` converts strings).
+
+    A NUL character (``%00``) is refused in any parameter: no ATAS value can hold one (PostgreSQL
+    text cannot), and every parameter ends up in SQL, a cache key or a stored row."""
     params: dict[str, Any] = {}
     for key in request.query:
         values = request.query.getall(key)
+        if any("\x00" in v for v in values):
+            raise ApiError(400, "invalid_parameter", f"NUL characters are not allowed in query parameter `{key}`",
+                           field=key)
         params[key] = values[0] if len(values) == 1 else values
     try:
         return msgspec.convert(params, type_, strict=False)
