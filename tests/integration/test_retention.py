@@ -238,3 +238,32 @@ async def test_a_partition_it_cannot_lock_is_left_whole_for_the_next_run(pg, ing
     finally:
         await holder.close()
         await conn.close()
+
+
+async def test_the_daily_task_of_atas_dev_removes_old_data_and_counts_it_on_metrics(pg, ingest, token, horizon):
+    from atas.common.retention_task import daily_retention
+
+    days, cutoff = horizon
+    h = {"Authorization": f"Bearer {token()}"}
+    old = uuid.UUID(await record(ingest, h, cutoff - timedelta(days=3)))
+    app = create_app(make_settings(db_dsn=pg, mode="dev"), "dev")
+    app.cleanup_ctx.append(daily_retention(pg, days, first_run_s=0, interval_s=3600))
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    conn = await asyncpg.connect(pg)
+    try:
+        async with asyncio.timeout(30):
+            while await conn.fetchval("SELECT count(*) FROM executions WHERE id = $1", old):
+                await asyncio.sleep(0.1)
+            while True:  # the run commits, then counts
+                text = await (await client.get("/metrics")).text()
+                if "atas_retention_last_success_timestamp_seconds" in text and \
+                        'atas_retention_rows_removed_total{table="executions"}' in text:
+                    break
+                await asyncio.sleep(0.1)
+        assert await conn.fetchval("SELECT count(*) FROM results WHERE execution_id = $1", old) == 0
+        line = next(x for x in text.splitlines() if x.startswith('atas_retention_rows_removed_total{table="results"}'))
+        assert float(line.split()[-1]) >= 7
+    finally:
+        await conn.close()
+        await client.close()
