@@ -150,8 +150,9 @@ _DELETE_EXECUTIONS = """
 WITH gone AS (DELETE FROM executions e WHERE id = ANY($1::uuid[]) RETURNING pg_column_size(e.*) AS size)
 SELECT count(*) AS n, coalesce(sum(size), 0) AS size FROM gone
 """
-# Results whose execution no longer exists (a safety net; the writer never creates them). Those
-# of an execution still there (one a writer held, so it was skipped) stay with it.
+# Results whose execution no longer exists: those of an execution bigger than a batch, removed
+# just before, a batch at a time (and any the writer never should have left). Those of an
+# execution still there (one a writer held, so it was skipped) stay with it.
 _DELETE_ORPHAN_RESULTS = """
 WITH gone AS (
     DELETE FROM results r
@@ -310,17 +311,24 @@ class Retention:
                     if not picked:
                         done = True
                         return True
-                    # As many executions as fit in `batch` results by their exact counters (at
-                    # least one); the others are released at commit and picked next time.
+                    # As many executions as fit in `batch` results by their exact counters; the
+                    # others are released at commit and picked next time. An execution bigger
+                    # than a batch goes alone and first: its row now, so no writer can add to it
+                    # any more, and its results right after, a batch at a time, by the sweep of
+                    # results without an execution (_remove_orphan_results).
                     chosen, rows = [], 0
                     for ex in picked:
-                        if chosen and rows + ex["total"] > self.batch:
+                        if rows + ex["total"] > self.batch:
+                            if not chosen:
+                                chosen.append(ex)
                             break
                         chosen.append(ex)
                         rows += ex["total"]
                     ids = [ex["id"] for ex in chosen]
                     objects = await self.remove_attachment_objects(ids)
-                    res = await self.conn.fetchrow(_DELETE_RESULTS_OF, [ex["started_at"] for ex in chosen], ids)
+                    res = {"n": 0, "size": 0}
+                    if chosen[0]["total"] <= self.batch:
+                        res = await self.conn.fetchrow(_DELETE_RESULTS_OF, [ex["started_at"] for ex in chosen], ids)
                     exe = await self.conn.fetchrow(_DELETE_EXECUTIONS, ids)
                 self.report.removed["attachment_objects"].add(*objects)
                 self.report.removed["results"].add(res["n"], res["size"])

@@ -284,3 +284,23 @@ async def test_the_daily_task_of_atas_dev_removes_old_data_and_counts_it_on_metr
     finally:
         await conn.close()
         await client.close()
+
+
+async def test_an_execution_bigger_than_a_batch_goes_with_all_its_results_a_batch_at_a_time(
+        pg, ingest, token, horizon):
+    days, cutoff = horizon
+    h = {"Authorization": f"Bearer {token()}"}
+    big = uuid.UUID(await record(ingest, h, cutoff - timedelta(days=2), tests=40))  # the cut month
+    small = uuid.UUID(await record(ingest, h, cutoff - timedelta(days=1), tests=3))
+    kept = uuid.UUID(await record(ingest, h, cutoff + timedelta(hours=1), tests=40))
+    conn = await asyncpg.connect(pg)
+    try:
+        report = await Retention(conn, days=days, batch=10).run()
+        assert report.removed["results"].rows == 41 + 4 and report.removed["executions"].rows == 2
+        left = {r[0]: r[1] for r in await conn.fetch(
+            "SELECT execution_id, count(*) FROM results GROUP BY execution_id")}
+        assert left == {kept: 41}
+        assert {r[0] for r in await conn.fetch("SELECT id FROM executions")} == {kept}
+        assert big not in left and small not in left
+    finally:
+        await conn.close()
