@@ -36,95 +36,17 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
 from atas.common.logging import get_logger
 
+from .retention_plan import (
+    OUTBOX_DEAD_DAYS, Partition, Progress, Report, cutoff_for, result_partitions, split_partitions,
+)
+
 log = get_logger(__name__)
-
-# Dead outbox events are kept this long for operators to inspect (docs/ingest.md), whatever
-# RETENTION_DAYS says: they describe delivery failures, not test data.
-OUTBOX_DEAD_DAYS = 30
-# Tables in report order; `results` counts dropped partitions and deleted rows alike.
-TABLES = ("results", "executions", "query_test_daily", "query_test_daily_branch", "outbox_dead",
-          "attachment_objects")
-
-Progress = Callable[[str], None]
-
-
-@dataclass
-class Tally:
-    rows: int = 0
-    bytes: int = 0  # on-disk size of dropped partitions plus the stored size of deleted rows
-
-    def add(self, rows: int, nbytes: int) -> None:
-        self.rows += rows
-        self.bytes += nbytes
-
-
-@dataclass
-class Report:
-    """What a run removed (or, with ``dry_run``, would remove)."""
-
-    days: int
-    cutoff: datetime
-    dry_run: bool
-    removed: dict[str, Tally] = field(default_factory=lambda: {t: Tally() for t in TABLES})
-    partitions_dropped: list[str] = field(default_factory=list)
-    # Steps that could not get their locks within lock_timeout after every retry: the next run
-    # removes what they left.
-    deferred: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "retention_days": self.days, "cutoff": self.cutoff.isoformat().replace("+00:00", "Z"),
-            "dry_run": self.dry_run,
-            "removed": {t: {"rows": v.rows, "bytes": v.bytes} for t, v in self.removed.items()},
-            "partitions_dropped": self.partitions_dropped, "deferred": self.deferred, "notes": self.notes,
-            "seconds": round(self.seconds, 3),
-        }
-
-
-def cutoff_for(days: int, now: datetime | None = None) -> datetime:
-    """The start of the oldest kept UTC day: everything that started before it is removed."""
-    now = now or datetime.now(UTC)
-    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
-    return midnight - timedelta(days=days)
-
-
-@dataclass(frozen=True)
-class Partition:
-    name: str  # quoted, as regclass prints it
-    lo: datetime | None  # None: the default partition, or MINVALUE
-    hi: datetime | None
-    is_default: bool
-
-
-_PARTITIONS = """
-SELECT c.oid::regclass::text AS name, pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default,
-       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz AS lo,
-       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz AS hi
-FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'results'::regclass
-ORDER BY lo NULLS LAST, name
-"""
-
-
-async def result_partitions(conn: asyncpg.Connection) -> list[Partition]:
-    return [Partition(r["name"], r["lo"], r["hi"], r["is_default"]) for r in await conn.fetch(_PARTITIONS)]
-
-
-def split_partitions(parts: list[Partition], cutoff: datetime) -> tuple[list[Partition], list[Partition]]:
-    """(partitions entirely before the cutoff, partitions that may hold rows on both sides of it)."""
-    whole = [p for p in parts if not p.is_default and p.hi is not None and p.hi <= cutoff]
-    partial = [p for p in parts if p not in whole and (p.is_default or p.lo is None or p.lo < cutoff)]
-    return whole, partial
-
 
 # A batch of executions to remove, oldest first, through the (project, started_at) index. Rows a
 # writer holds are skipped (they stay for the next run) instead of making ingest or us wait; so are
@@ -184,19 +106,25 @@ SELECT count(*) AS n, coalesce(sum(size), 0) AS size FROM gone
 """
 
 
+# Deletes every stored object under "<project>/<execution>/" for each pair; returns (objects, bytes).
+ObjectRemover = Callable[[list[tuple[str, uuid.UUID]]], Awaitable[tuple[int, int]]]
+
+
 class Retention:
     """One retention run over one connection. ``await Retention(...).run()`` → :class:`Report`.
 
     ``batch`` bounds the rows one transaction deletes (results of the executions of a batch, by
     their exact counters; rollup and outbox rows); ``lock_timeout_ms`` bounds how long any lock is
     waited for, so how long ingest can queue behind one; a step that times out is retried
-    ``retries`` times with backoff, then deferred to the next run.
+    ``retries`` times with backoff, then deferred to the next run. ``objects`` deletes the stored
+    attachment objects of removed executions (:meth:`remove_attachment_objects`).
     """
 
     def __init__(self, conn: asyncpg.Connection, *, days: int, dry_run: bool = False, batch: int = 5000,
                  lock_timeout_ms: int = 2000, retries: int = 5, now: datetime | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, objects: ObjectRemover | None = None):
         self.conn = conn
+        self.objects = objects
         self.batch = batch
         self.lock_timeout_ms = lock_timeout_ms
         self.retries = retries
@@ -325,7 +253,7 @@ class Retention:
                         chosen.append(ex)
                         rows += ex["total"]
                     ids = [ex["id"] for ex in chosen]
-                    objects = await self.remove_attachment_objects(ids)
+                    objects = await self.remove_attachment_objects(project, ids)
                     res = {"n": 0, "size": 0}
                     if chosen[0]["total"] <= self.batch:
                         res = await self.conn.fetchrow(_DELETE_RESULTS_OF, [ex["started_at"] for ex in chosen], ids)
@@ -391,26 +319,29 @@ class Retention:
             self._has_attachments = await self.conn.fetchval("SELECT to_regclass('attachments') IS NOT NULL")
         return self._has_attachments
 
-    async def remove_attachment_objects(self, execution_ids: list[uuid.UUID]) -> tuple[int, int]:
-        """The stored attachment objects of executions about to be removed → (objects, bytes).
+    async def remove_attachment_objects(self, project: str, execution_ids: list[uuid.UUID]) -> tuple[int, int]:
+        """Step "objects of removed executions": the stored attachment objects of executions about
+        to be removed → (objects, bytes).
 
-        A no-op while the ``attachments`` table does not exist (this build has no migration that
-        creates it; V016 will). Once it does, this is the one place that must delete the objects
-        under ``<project>/<execution>/`` in object storage *before* the execution's rows go (after
-        that their keys are lost), within the caller's transaction. Until it is wired to the object
-        store, the report says so and the bucket lifecycle rule of docs/deploy.md must expire them.
+        A no-op while the ``attachments`` table does not exist (no migration of this build creates
+        it; V016 will). With it, the objects under ``<project>/<execution>/`` (the key layout of
+        DESIGN.md) go through ``objects`` — within the caller's transaction and *before* the
+        execution's rows, so that a failure leaves the execution for the next run instead of its
+        objects without an owner. Without an ``objects`` remover the report says so, and the bucket
+        lifecycle rule of docs/deploy.md must expire them.
         """
         if not execution_ids or not await self._attachments_exist():
             return 0, 0
+        if self.objects is not None:
+            return await self.objects([(project, eid) for eid in execution_ids])
         if ATTACHMENTS_NOTE not in self.report.notes:
             self.report.notes.append(ATTACHMENTS_NOTE)
-            log.warning("attachment objects of removed executions are not deleted by this build")
+            log.warning("attachment objects of removed executions are not deleted: no object store wired")
         return 0, 0
 
 
-ATTACHMENTS_NOTE = ("attachment objects of removed executions are not deleted by this build: "
+ATTACHMENTS_NOTE = ("attachment objects of removed executions are not deleted by this run: "
                     "expire them with the bucket lifecycle rule (docs/deploy.md, Data lifecycle)")
-
 
 async def run_retention(dsn: str, *, days: int, dry_run: bool = False, batch: int = 5000,
                         lock_timeout_ms: int = 2000, progress: Progress | None = None) -> Report:

@@ -7,7 +7,7 @@ import pytest
 from atas.cli.main import main
 from atas.cli.retention import describe
 from atas.common.config import ConfigError, load_settings
-from atas.common.retention import Partition, Report, cutoff_for, split_partitions
+from atas.common.retention_plan import Partition, Report, cutoff_for, split_partitions
 
 BASE = {"KAFKA_BOOTSTRAP_SERVERS": "k1:9092", "JWT_SECRET": "s" * 32, "DB_URL": "postgresql://h/db"}
 
