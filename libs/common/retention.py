@@ -212,9 +212,10 @@ class Retention:
     async def _drop_partition(self, part: Partition) -> None:
         async def step() -> bool:
             async with self.conn.transaction():
-                # SHARE on the partition alone keeps late writes to that old month out while it is
-                # counted; inserts into every other month go on. Then the catalog change, brief.
-                await self.conn.execute(f"LOCK TABLE {part.name} IN SHARE MODE")
+                # Counted under the plain read lock of the count, which writes do not wait for: a
+                # stronger lock on the partition held while DROP waits for `results` would make a
+                # late write to this month (which locks `results` first) a deadlock. A row such a
+                # write commits between the count and the drop is dropped uncounted.
                 n = await self.conn.fetchval(f"SELECT count(*) FROM {part.name}")
                 size = await self.conn.fetchval("SELECT pg_total_relation_size($1::regclass)", part.name)
                 await self.conn.execute(f"DROP TABLE {part.name}")
