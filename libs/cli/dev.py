@@ -112,6 +112,10 @@ async def _run(settings, args, data_dir: Path, *, embedded_pg: bool) -> int:
     install_engines(app, application_name="atas-dev")
     for module in modules:
         module.setup(app)
+    # Retention once a day (RETENTION_DAYS), as the atas-retention CronJob does in Kubernetes.
+    from atas.common.retention_task import daily_retention
+
+    app.cleanup_ctx.append(daily_retention(settings.db.dsn, settings.retention_days))
 
     port = args.port or settings.port
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{port}"

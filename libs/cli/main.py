@@ -15,7 +15,7 @@ import sys
 import atas.cli as cli_pkg
 
 # Order in `atas --help`; modules not listed come after, alphabetically.
-_ORDER = ["serve", "migrate", "topic", "dev", "token", "stack", "import_", "tail", "load"]
+_ORDER = ["serve", "migrate", "retention", "topic", "dev", "token", "stack", "import_", "tail", "load"]
 
 
 def build_parser() -> argparse.ArgumentParser:

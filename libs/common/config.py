@@ -86,6 +86,8 @@ class Settings(msgspec.Struct, frozen=True):
     drain_seconds: float = 20.0
     log_level: str = "info"
     mode: Literal["serve", "dev"] = "serve"
+    # Days of executions, results and per-test rollup days kept (`atas retention`, docs/deploy.md).
+    retention_days: int = 90
 
 
 class EnvReader:
@@ -340,6 +342,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
     )
     settings_port = e.int("PORT", 8080, lo=1, hi=65535)
     drain = e.float("SHUTDOWN_DRAIN_SECONDS", 20.0)
+    # Up to 100 years: a bigger horizon is "keep everything", and its date arithmetic overflows.
+    retention_days = e.int("RETENTION_DAYS", 90, lo=1, hi=36_500)
     log_level = (e.str("LOG_LEVEL", "info") or "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         e.problems.append(f"LOG_LEVEL must be one of debug, info, warning, error, got {log_level!r}")
@@ -349,5 +353,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
         raise ConfigError(e.problems)
     return Settings(
         db=db, redis=redis, kafka=kafka, jwt_secret=jwt_secret, port=settings_port, cache_ttl=ttl,
-        drain_seconds=drain, log_level=log_level, mode=mode,
+        drain_seconds=drain, log_level=log_level, mode=mode, retention_days=retention_days,
     )
