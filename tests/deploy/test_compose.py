@@ -8,7 +8,7 @@ import re
 import pytest
 
 from .conftest import SERVICES, atas_containers, one, project_version
-from .kustomize import pod_containers
+from .manifests import pod_containers
 
 pytestmark = pytest.mark.deploy
 

@@ -13,16 +13,19 @@ from kubernetes_validate.utils import latest_version
 from .conftest import (
     BASE, COMPONENTS, K8S, OVERLAYS, ROOT, SERVICES, atas_containers, container_env, find, one,
 )
-from .kustomize import load_yaml_docs, pod_containers, pod_spec
+from .manifests import MINIMUM_KUBECTL, kubectl_version, load_yaml_docs, pod_containers, pod_spec
 
 pytestmark = pytest.mark.deploy
 
-# The oldest minor the managed offerings (EKS, GKE, AKS) still support in standard support, and
-# the newest the installed validator knows (1.37 with kubernetes-validate 1.37): the manifests
-# must be valid on both.
-K8S_VERSIONS = ("1.33.0", latest_version())
+# The oldest Kubernetes docs/deploy.md supports (1.30: preStop `sleep`, and the podFailurePolicy,
+# unhealthyPodEvictionPolicy and matchLabelKeys fields on by default) and the newest the installed
+# validator knows (1.37 with kubernetes-validate 1.37): the manifests must be valid on both.
+MINIMUM_K8S = "1.30.0"
+K8S_VERSIONS = (MINIMUM_K8S, latest_version())
 # Custom resources have no schema in kubernetes-validate; they are checked by the tests below.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass", "PriorityClass",
+                  "CustomResourceDefinition", "IngressClass"}
 VARIANTS = ["base", *[f"base+{c.name}" for c in COMPONENTS], *[f"overlays/{o.name}" for o in OVERLAYS]]
 
 
@@ -446,12 +449,20 @@ def test_database_connections_fit_postgres_max_connections(base, configmap):
     assert peak + 10 <= max_connections, f"{peak} pooled connections at full scale"
 
 
-def test_rendered_base_is_what_kubectl_would_apply_in_the_atas_namespace(base):
-    for doc in base:
-        if doc["kind"] != "Namespace":
-            assert doc["metadata"]["namespace"] == "atas", doc["metadata"]["name"]
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_namespaced_object_lands_in_atas(variants, variant):
+    """`kubectl apply -k` puts an object without a namespace in the context's namespace (usually
+    `default`): a ServiceMonitor there scrapes nothing, a PDB there protects nothing."""
+    for doc in variants[variant]:
+        if doc["kind"] not in CLUSTER_SCOPED:
+            assert doc["metadata"].get("namespace") == "atas", f"{doc['kind']}/{doc['metadata']['name']}"
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "atas"
-    json.dumps(base)  # plain data: nothing YAML-specific (anchors, timestamps) leaks into objects
+    json.dumps(variants[variant])  # plain data: nothing YAML-specific (anchors, timestamps) leaks
+
+
+def test_kubectl_is_new_enough_for_the_manifests():
+    """The guide states kubectl >= 1.30 (kustomize v5): the tests must render with one at least as old."""
+    assert kubectl_version() >= MINIMUM_KUBECTL
 
 
 def test_topic_partitions_let_every_consumer_pod_work(base):
