@@ -27,7 +27,8 @@ SERVICES = ("ingest", "query", "stream")
 # services. Left out, because no Deployment runs them: the local stack (`atas stack`), the
 # client-side CLI tools (token, dev, load, ...) and the client library.
 _RUNTIME_DIRS = [ROOT / "libs" / "common", ROOT / "services"]
-_RUNTIME_CLI = [ROOT / "libs" / "cli" / n for n in ("main.py", "common.py", "serve.py", "migrate.py")]
+_RUNTIME_CLI = [ROOT / "libs" / "cli" / n for n in ("main.py", "common.py", "serve.py", "migrate.py", "retention.py")
+                if (ROOT / "libs" / "cli" / n).is_file()]  # retention.py: the CronJob's `atas retention`
 _NOT_RUNTIME = {ROOT / "libs" / "common" / "stack.py"}
 
 
@@ -135,7 +136,7 @@ def secret_template() -> dict:
 
 def atas_containers(docs: list[dict]) -> list[tuple[dict, dict]]:
     """(workload, container) of every container that runs the ATAS image."""
-    return [(d, c) for d in docs for c in pod_containers(d) if c.get("args", [None])[0] in ("serve", "migrate", "topic")]
+    return [(d, c) for d in docs for c in pod_containers(d) if c.get("args", [None])[0] in ("serve", "migrate", "topic", "retention")]
 
 
 def container_env(container: dict, configmap: dict[str, str], secret_keys: set[str]) -> dict[str, str]:

@@ -14,6 +14,11 @@ from .conftest import OVERLAYS, SERVICES, env_reads_of, one
 
 pytestmark = pytest.mark.deploy
 
+# Provided for code that is being written in parallel on another branch: RETENTION_DAYS is read by
+# `atas retention` (issue #13 item 5; DESIGN.md fixes the name and the default 90), which the
+# atas-retention CronJob runs. Remove the entry once that command is merged (the test then finds it).
+PENDING_CODE = {"RETENTION_DAYS"}
+
 
 def test_the_scanner_finds_every_way_the_code_reads_the_environment():
     source = '''
@@ -43,7 +48,7 @@ def test_every_variable_the_code_reads_is_provided_and_every_provided_one_is_rea
     assert not provided_config & provided_secret, "a variable in both the ConfigMap and the Secret"
     provided = provided_config | provided_secret
     missing = {name: code_env_vars[name] for name in sorted(set(code_env_vars) - provided)}
-    unread = sorted(provided - set(code_env_vars))
+    unread = sorted(provided - set(code_env_vars) - PENDING_CODE)
     assert not missing, f"read by the code but not in deploy/k8s/base/configmap.yaml or secrets.yaml: {missing}"
     assert not unread, f"provided but read by no code (stale or misspelt): {unread}"
 
