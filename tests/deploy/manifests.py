@@ -56,6 +56,11 @@ def _pod_template(doc: dict) -> dict | None:
     return spec.get("template") if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job") else None
 
 
+def pod_template(doc: dict) -> dict | None:
+    """The pod template of a workload (Deployment, StatefulSet, DaemonSet, Job, CronJob), else None."""
+    return _pod_template(doc)
+
+
 def pod_spec(doc: dict) -> dict | None:
     template = _pod_template(doc)
     return None if template is None else template["spec"]
