@@ -31,6 +31,8 @@ NEEDS = {
     "atas-migrate": {5432}, "atas-retention": {5432}, "atas-kafka-topics": {9092},
 }
 STORE_OF_PORT = {5432: "atas-postgres", 6379: "atas-redis", 9092: "atas-kafka"}
+# Who talks to object storage (attachments, DESIGN.md): over HTTPS, at public addresses.
+OBJECT_STORAGE = {"atas-ingest", "atas-query", "atas-retention"}
 
 
 def workload(docs: list[dict], name: str) -> Endpoint:
@@ -49,7 +51,10 @@ def test_every_pod_is_denied_by_default_both_ways(variants, variant):
     assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     docs = variants[variant]
     for name, p in every_pod(docs).items():
-        assert not allowed(docs, p, INTERNET, 443), f"{name} reaches the internet"
+        assert not allowed(docs, p, INTERNET, 80), f"{name} reaches the internet"
+        assert allowed(docs, p, INTERNET, 443) == (name in OBJECT_STORAGE), f"{name}: HTTPS to object storage"
+        assert not allowed(docs, p, METADATA, 443) and not allowed(docs, p, address("169.254.170.23"), 80), \
+            f"{name} reaches a link-local credentials endpoint"
         assert not allowed(docs, STRANGER, p, 8080), f"another namespace reaches {name}"
 
 
@@ -123,6 +128,7 @@ def test_kafka_brokers_replicate_and_form_a_quorum_and_nothing_else(variants, va
     assert not allowed(docs, broker, workload(docs, "atas-postgres"), 5432)
     for store in STORE_OF_PORT.values():
         assert not allowed(docs, workload(docs, store), INTERNET, 443), f"{store} egress is open"
+        assert not allowed(docs, workload(docs, store), address("10.1.2.3"), 9092), f"{store} egress is open"
 
 
 @pytest.mark.parametrize("variant", MANAGED)
