@@ -1,11 +1,12 @@
 """Shared fixtures of the deployment tests: rendered kustomizations, the ConfigMap and Secret, the
 environment variables the code reads, and compose.yaml. Nothing here needs a cluster or a
-container engine: manifests are rendered in Python (kustomize.py) and validated against the
-Kubernetes OpenAPI schemas that ship with kubernetes-validate."""
+container engine: manifests are rendered by `kubectl kustomize` (manifests.py) and validated
+against the Kubernetes OpenAPI schemas that ship with kubernetes-validate."""
 
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import yaml
 
 from atas.common.config import EnvReader
 
-from .kustomize import load_yaml_docs, pod_containers, render
+from .manifests import load_yaml_docs, pod_containers, render
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -26,7 +27,8 @@ SERVICES = ("ingest", "query", "stream")
 # services. Left out, because no Deployment runs them: the local stack (`atas stack`), the
 # client-side CLI tools (token, dev, load, ...) and the client library.
 _RUNTIME_DIRS = [ROOT / "libs" / "common", ROOT / "services"]
-_RUNTIME_CLI = [ROOT / "libs" / "cli" / n for n in ("main.py", "common.py", "serve.py", "migrate.py")]
+_RUNTIME_CLI = [ROOT / "libs" / "cli" / n for n in ("main.py", "common.py", "serve.py", "migrate.py", "retention.py")
+                if (ROOT / "libs" / "cli" / n).is_file()]  # retention.py: the CronJob's `atas retention`
 _NOT_RUNTIME = {ROOT / "libs" / "common" / "stack.py"}
 
 
@@ -81,11 +83,14 @@ def code_env_vars() -> dict[str, list[str]]:
 
 
 def _component_variant(tmp: Path, component: Path) -> list[dict]:
+    """The base plus one component, as a user's own overlay would write it: no `namespace:` of its
+    own (so a component object without one would land in the context's namespace), and relative
+    paths (kustomize refuses absolute ones)."""
     folder = tmp / component.name
     folder.mkdir()
     (folder / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [str(BASE)], "components": [str(component)],
+        "resources": [os.path.relpath(BASE, folder)], "components": [os.path.relpath(component, folder)],
     }))
     return render(folder)
 
@@ -131,7 +136,7 @@ def secret_template() -> dict:
 
 def atas_containers(docs: list[dict]) -> list[tuple[dict, dict]]:
     """(workload, container) of every container that runs the ATAS image."""
-    return [(d, c) for d in docs for c in pod_containers(d) if c.get("args", [None])[0] in ("serve", "migrate", "topic")]
+    return [(d, c) for d in docs for c in pod_containers(d) if c.get("args", [None])[0] in ("serve", "migrate", "topic", "retention")]
 
 
 def container_env(container: dict, configmap: dict[str, str], secret_keys: set[str]) -> dict[str, str]:

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from .conftest import SERVICES, atas_containers, one, project_version
-from .kustomize import pod_containers
+from .manifests import pod_containers
 
 pytestmark = pytest.mark.deploy
 
@@ -64,10 +64,13 @@ def test_every_long_running_service_has_a_healthcheck_and_waits_for_what_it_need
 
 
 def test_atas_services_set_the_variables_the_code_reads(compose, code_env_vars, configmap):
+    from .test_config_coverage import PENDING_CODE
+
+    expected = set(code_env_vars) | PENDING_CODE
     for name, service in _atas_services(compose).items():
         env = service["environment"]
-        assert set(env) == set(code_env_vars), (
-            f"{name}: missing {sorted(set(code_env_vars) - set(env))}, unread {sorted(set(env) - set(code_env_vars))}")
+        assert set(env) == expected, (
+            f"{name}: missing {sorted(expected - set(env))}, unread {sorted(set(env) - expected)}")
         # Tuning values follow the Kubernetes ConfigMap; only addresses and secrets differ.
         differs = {k for k in configmap if str(env[k]) != configmap[k]}
         allowed = {"DB_URL", "REDIS_HOST", "KAFKA_BOOTSTRAP_SERVERS", "LOG_LEVEL",
@@ -82,8 +85,11 @@ def test_credentials_agree_between_the_services_and_the_datastores(compose):
     atas_env = services["ingest"]["environment"]
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == atas_env["DB_PASSWORD"]
     assert services["postgres"]["environment"]["POSTGRES_USER"] == atas_env["DB_USER"]
-    redis_cmd = services["redis"]["command"]
-    assert redis_cmd[redis_cmd.index("--requirepass") + 1] == atas_env["REDIS_PASSWORD"]
+    redis = services["redis"]
+    assert redis["environment"]["REDIS_PASSWORD"] == redis["environment"]["REDISCLI_AUTH"] == atas_env["REDIS_PASSWORD"]
+    assert 'requirepass "$$REDIS_PASSWORD"' in redis["command"][0]
+    assert not any("--requirepass" in a or "REDIS_PASSWORD" in a for a in redis["command"][1:]), \
+        "the password is configuration on stdin, never an argument (visible in ps)"
     default_secret = re.fullmatch(r"\$\{JWT_SECRET:-(.+)\}", atas_env["JWT_SECRET"]).group(1)
     assert len(default_secret.encode()) >= 32, "the development default must still be a valid HS256 key"
     assert services["kafka-topics"]["environment"] == atas_env  # same topic, address and credentials

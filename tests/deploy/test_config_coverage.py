@@ -14,6 +14,9 @@ from .conftest import OVERLAYS, SERVICES, env_reads_of, one
 
 pytestmark = pytest.mark.deploy
 
+# Variables provided before the code that reads them exists (none now).
+PENDING_CODE: set[str] = set()
+
 
 def test_the_scanner_finds_every_way_the_code_reads_the_environment():
     source = '''
@@ -43,7 +46,7 @@ def test_every_variable_the_code_reads_is_provided_and_every_provided_one_is_rea
     assert not provided_config & provided_secret, "a variable in both the ConfigMap and the Secret"
     provided = provided_config | provided_secret
     missing = {name: code_env_vars[name] for name in sorted(set(code_env_vars) - provided)}
-    unread = sorted(provided - set(code_env_vars))
+    unread = sorted(provided - set(code_env_vars) - PENDING_CODE)
     assert not missing, f"read by the code but not in deploy/k8s/base/configmap.yaml or secrets.yaml: {missing}"
     assert not unread, f"provided but read by no code (stale or misspelt): {unread}"
 

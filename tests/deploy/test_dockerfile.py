@@ -96,3 +96,47 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest():
         assert not _ignored(source, patterns), f"{source} is copied but excluded from the context"
     for secret_or_bulk in (".git", ".venv", ".stack", "tests", "deploy", ".env"):
         assert _ignored(secret_or_bulk, patterns), f"{secret_or_bulk} would be sent to the builder"
+
+
+LOCK = ROOT / "docker" / "requirements.lock"
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of docker/requirements.lock."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    text = re.sub(r"\\\n", " ", LOCK.read_text())
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, *options = line.split()
+        name, _, version = requirement.partition("==")
+        assert version, f"{requirement}: not pinned to one version"
+        out[re.sub(r"[-_.]+", "-", name.lower())] = (version, [o.removeprefix("--hash=") for o in options])
+    return out
+
+
+def test_the_lock_pins_every_dependency_with_its_hashes():
+    import tomllib
+
+    locked = _locked()
+    for name, (_version, hashes) in locked.items():
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), name
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+    for requirement in declared:
+        name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower())
+        assert name in locked, f"{name} is in pyproject.toml but not in the lock: re-run pip-compile (docs/deploy.md)"
+
+
+def test_locked_dependencies_install_in_a_layer_before_the_source():
+    builder = stages()[0]
+    words = [(w, a) for w, a in builder if w in ("COPY", "RUN")]
+    lock_copy = next(i for i, (w, a) in enumerate(words) if w == "COPY" and "requirements.lock" in a)
+    source_copy = next(i for i, (w, a) in enumerate(words) if w == "COPY" and a.startswith(("libs/", "services/")))
+    install = next(i for i, (w, a) in enumerate(words) if w == "RUN" and "--require-hashes" in a)
+    assert lock_copy < install < source_copy, "the dependency layer must not depend on the source"
+    (build,) = [a for w, a in words[source_copy:] if w == "RUN" and "pip wheel" in a]
+    # The project itself must not pull anything unlocked: no resolution, no build isolation.
+    assert "--no-deps" in build and "--no-build-isolation" in build and "--no-index" in build
+    assert "pip check" in build

@@ -13,16 +13,19 @@ from kubernetes_validate.utils import latest_version
 from .conftest import (
     BASE, COMPONENTS, K8S, OVERLAYS, ROOT, SERVICES, atas_containers, container_env, find, one,
 )
-from .kustomize import load_yaml_docs, pod_containers, pod_spec
+from .manifests import MINIMUM_KUBECTL, kubectl_version, load_yaml_docs, pod_containers, pod_spec
 
 pytestmark = pytest.mark.deploy
 
-# The oldest minor the managed offerings (EKS, GKE, AKS) still support in standard support, and
-# the newest the installed validator knows (1.37 with kubernetes-validate 1.37): the manifests
-# must be valid on both.
-K8S_VERSIONS = ("1.33.0", latest_version())
+# The oldest Kubernetes docs/deploy.md supports (1.30: preStop `sleep`, and the podFailurePolicy,
+# unhealthyPodEvictionPolicy and matchLabelKeys fields on by default) and the newest the installed
+# validator knows (1.37 with kubernetes-validate 1.37): the manifests must be valid on both.
+MINIMUM_K8S = "1.30.0"
+K8S_VERSIONS = (MINIMUM_K8S, latest_version())
 # Custom resources have no schema in kubernetes-validate; they are checked by the tests below.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass", "PriorityClass",
+                  "CustomResourceDefinition", "IngressClass"}
 VARIANTS = ["base", *[f"base+{c.name}" for c in COMPONENTS], *[f"overlays/{o.name}" for o in OVERLAYS]]
 
 
@@ -187,31 +190,6 @@ def test_custom_metric_autoscaling_reads_metrics_the_services_export(variants):
         assert f"as: {name}" in adapter, f"the Prometheus Adapter does not serve {name}"
 
 
-def _drain_seconds(env: dict[str, str]) -> float:
-    return float(env["SHUTDOWN_DRAIN_SECONDS"])
-
-
-def test_shutdown_windows_fit_in_the_termination_grace_period(base, configmap, secret_template):
-    """SIGTERM -> preStop sleep -> drain in-flight work -> close; Kubernetes must not SIGKILL first."""
-    secret_keys = set(secret_template["stringData"])
-    drains = {}
-    for svc in SERVICES:
-        deployment = one(base, "Deployment", f"atas-{svc}")
-        spec = pod_spec(deployment)
-        (container,) = spec["containers"]
-        env = container_env(container, configmap, secret_keys)
-        pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-        drains[svc] = _drain_seconds(env)
-        # 5 s for what follows the drain: stopping consumers, flushing producers, closing pools.
-        assert spec["terminationGracePeriodSeconds"] >= pre_stop + drains[svc] + 5, svc
-        if svc == "stream":
-            spread = float(env["STREAM_CLOSE_SPREAD_SECONDS"])
-            # stream caps the spread at 80 % of the drain window (services/stream/app.py); a larger
-            # setting would silently be cut, so the shipped one must fit.
-            assert spread <= 0.8 * drains[svc], "SSE closes must be spread inside the drain window"
-    assert drains["stream"] > drains["ingest"] == drains["query"] == float(configmap["SHUTDOWN_DRAIN_SECONDS"])
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_pod_meets_the_restricted_pod_security_profile(variants, variant):
     """The namespace enforces PSA "restricted": a pod that doesn't meet it is never created."""
@@ -250,7 +228,8 @@ def test_atas_containers_run_the_roles_hardened(base, secret_template, configmap
         # Python needs a writable temp dir even with a read-only root filesystem.
         assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
     assert roles == {**{f"atas-{s}": ["serve", s] for s in SERVICES}, "atas-migrate": ["migrate"],
-                     "atas-kafka-topics": ["topic", "--partitions", "12", "--wait", "300"]}
+                     "atas-kafka-topics": ["topic", "--partitions", "12", "--wait", "300"],
+                     "atas-retention": ["retention"]}
     for svc in SERVICES:
         (container,) = pod_containers(one(base, "Deployment", f"atas-{svc}"))
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -267,115 +246,18 @@ def test_one_atas_image_and_tag_everywhere(variants, variant):
     assert images.pop().endswith(":" + project_version()), "the image tag is the release in pyproject.toml"
 
 
-def _annotations(ingress: dict) -> dict:
-    return ingress["metadata"].get("annotations", {})
-
-
-def _routes(docs: list[dict]) -> dict[tuple[str, str], str]:
-    """(host, path) -> Service name."""
-    out = {}
-    for ingress in find(docs, "Ingress"):
-        for rule in ingress["spec"]["rules"]:
-            for path in rule["http"]["paths"]:
-                out[(rule["host"], path["path"])] = path["backend"]["service"]["name"]
-    return out
-
-
-def _route_for(routes: dict, host: str, path: str) -> str | None:
-    """Longest-prefix match, as NGINX and ALB do for Prefix paths."""
-    best = None
-    for (h, prefix), service in routes.items():
-        if h == host and (path == prefix or path.startswith(prefix.rstrip("/") + "/")):
-            if best is None or len(prefix) > len(best[0]):
-                best = (prefix, service)
-    return best and best[1]
-
-
-def _service_routes(svc: str) -> set[tuple[str, str]]:
-    """(method, path) of every route a service registers, from its real aiohttp app."""
-    import importlib
-
-    from aiohttp import web
-
-    from atas.common.app import create_app
-    from atas.common.config import load_settings
-    from atas.common.engines import install_engines
-
-    settings = load_settings({"DB_URL": "postgresql://h:5432/db", "JWT_SECRET": "x" * 32,
-                              "KAFKA_BOOTSTRAP_SERVERS": "k:9092"})
-    app = create_app(settings, svc)
-    install_engines(app, application_name=svc)
-    importlib.import_module(f"atas.{svc}.app").setup(app)
-    base_routes = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
-    routes = set()
-    for route in app.router.routes():
-        path = route.resource.canonical if route.resource else ""
-        if route.method not in ("HEAD", "OPTIONS") and path not in base_routes:
-            routes.add((route.method, path))
-    assert isinstance(app, web.Application)
-    return routes
-
-
-@pytest.mark.parametrize("variant", ["base", "overlays/production"])
-def test_ingress_sends_every_api_route_to_the_service_that_serves_it(variants, variant):
-    docs = variants[variant]
-    routes = _routes(docs)
-    ingest_host = one(docs, "Ingress", "atas-ingest")["spec"]["rules"][0]["host"]
-    read_host = one(docs, "Ingress", "atas-query")["spec"]["rules"][0]["host"]
-    assert ingest_host != read_host
-    for svc in SERVICES:
-        host = ingest_host if svc == "ingest" else read_host
-        served = _service_routes(svc)
-        assert served, f"{svc} registers no routes"
-        for method, path in served:
-            concrete = re.sub(r"\{[^}]+\}", "x", path)
-            assert _route_for(routes, host, concrete) == f"atas-{svc}", f"{method} {path} of {svc}"
-
-
-def test_ingress_keeps_sse_streams_alive_and_unbuffered(variants, configmap):
-    heartbeat = float(configmap["STREAM_HEARTBEAT_SECONDS"])
-    stream = _annotations(one(variants["base"], "Ingress", "atas-stream"))
-    assert stream["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
-    for key in ("proxy-read-timeout", "proxy-send-timeout"):
-        assert float(stream[f"nginx.ingress.kubernetes.io/{key}"]) >= 4 * heartbeat, key
-    # Only the stream route is unbuffered: the others keep NGINX's protective buffering.
-    for name in ("atas-ingest", "atas-query"):
-        assert "nginx.ingress.kubernetes.io/proxy-buffering" not in _annotations(
-            one(variants["base"], "Ingress", name))
-    alb = variants["base+alb"]
-    order = {i["metadata"]["name"]: int(_annotations(i).get("alb.ingress.kubernetes.io/group.order", "0"))
-             for i in find(alb, "Ingress")}
-    assert order["atas-stream"] < order["atas-query"], "ALB must match /v1/stream before query's /v1 prefix"
-    for ingress in find(alb, "Ingress"):
-        attrs = _annotations(ingress)["alb.ingress.kubernetes.io/load-balancer-attributes"]
-        idle = int(re.search(r"idle_timeout\.timeout_seconds=(\d+)", attrs).group(1))
-        assert idle >= 4 * heartbeat
-        assert ingress["spec"]["ingressClassName"] == "alb"
-        assert _annotations(ingress)["alb.ingress.kubernetes.io/group.name"] == "atas"
-
-
-def test_ingress_accepts_bodies_as_large_as_ingest_does(base, configmap):
-    size = _annotations(one(base, "Ingress", "atas-ingest"))["nginx.ingress.kubernetes.io/proxy-body-size"]
-    number, unit = re.fullmatch(r"(\d+)([kmg]?)", size.lower()).groups()
-    limit = int(number) * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[unit]
-    assert limit >= int(configmap["INGEST_MAX_BODY_BYTES"])
-
-
-def test_network_policy_opens_exactly_the_ports_the_system_uses(base, configmap):
-    policy = one(base, "NetworkPolicy", "atas-services")["spec"]
-    egress_ports = {(p.get("protocol", "TCP"), p["port"]) for rule in policy["egress"] for p in rule["ports"]}
-    datastore_ports = {("TCP", p["port"]) for name in ("atas-postgres", "atas-redis", "atas-kafka")
+def test_network_policy_ports_are_the_datastores_service_ports(base, configmap):
+    """test_k8s_network.py evaluates the flows; here the ports they assume are the real ones."""
+    datastore_ports = {p["port"] for name in ("atas-postgres", "atas-redis", "atas-kafka")
                        for p in one(base, "Service", name)["spec"]["ports"]}
-    assert datastore_ports == {("TCP", 5432), ("TCP", 6379), ("TCP", 9092)}
-    assert egress_ports == datastore_ports | {("UDP", 53), ("TCP", 53)}
+    assert datastore_ports == {5432, 6379, 9092}
+    egress = one(base, "NetworkPolicy", "atas-clients")["spec"]["egress"]
+    assert {p["port"] for rule in egress for p in rule["ports"]} == datastore_ports
     for key, port in (("REDIS_PORT", 6379), ("KAFKA_BOOTSTRAP_SERVERS", 9092)):
         assert configmap[key].endswith(str(port))
     assert ":5432/" in configmap["DB_URL"]
-    deny = one(base, "NetworkPolicy", "atas-default-deny")["spec"]
-    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}
-    stores = one(base, "NetworkPolicy", "atas-datastores")["spec"]
-    allowed = {p["port"] for p in stores["ingress"][0]["ports"]}
-    assert allowed >= {5432, 6379, 9092, 9093}
+    headless = {p["name"]: p["port"] for p in one(base, "Service", "atas-kafka-headless")["spec"]["ports"]}
+    assert headless == {"broker": 9092, "controller": 9093}
 
 
 def _kafka_env(docs: list[dict]) -> dict[str, str]:
@@ -419,8 +301,14 @@ def test_jobs_migrate_and_create_the_topic_from_the_same_configuration(base, con
     # The topic Job reads Kafka's address, topic, TLS and SASL settings exactly as the services do.
     assert topic_container["args"][0] == "topic"
     assert topic_container["envFrom"] == container["envFrom"] and "env" not in topic_container
-    for job in (migrate, topics):
-        assert job["spec"]["ttlSecondsAfterFinished"] > 0, "finished Jobs must go so the next apply re-runs them"
+
+
+def redis_server_args(container: dict) -> list[str]:
+    """redis-server's arguments after the `sh -c 'exec redis-server - "$@"' redis-server ...` wrapper."""
+    assert container["command"] == ["sh", "-c"]
+    script, argv0, *args = container["args"]
+    assert script.startswith('exec redis-server - "$@" <<EOF') and argv0 == "redis-server"
+    return args
 
 
 def test_redis_matches_the_deployment_guide(base, configmap):
@@ -434,8 +322,8 @@ def test_redis_matches_the_deployment_guide(base, configmap):
     assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
     assert one(base, "Service", "atas-redis")["metadata"]["name"] == configmap["REDIS_HOST"]
     # maxmemory below the container limit: Redis evicts instead of being OOM-killed.
-    maxmemory = container["args"][container["args"].index("--maxmemory") + 1]
-    assert int(maxmemory.removesuffix("mb")) < 512
+    args = redis_server_args(container)
+    assert int(args[args.index("--maxmemory") + 1].removesuffix("mb")) < 512
 
 
 def test_database_connections_fit_postgres_max_connections(base, configmap):
@@ -446,12 +334,20 @@ def test_database_connections_fit_postgres_max_connections(base, configmap):
     assert peak + 10 <= max_connections, f"{peak} pooled connections at full scale"
 
 
-def test_rendered_base_is_what_kubectl_would_apply_in_the_atas_namespace(base):
-    for doc in base:
-        if doc["kind"] != "Namespace":
-            assert doc["metadata"]["namespace"] == "atas", doc["metadata"]["name"]
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_namespaced_object_lands_in_atas(variants, variant):
+    """`kubectl apply -k` puts an object without a namespace in the context's namespace (usually
+    `default`): a ServiceMonitor there scrapes nothing, a PDB there protects nothing."""
+    for doc in variants[variant]:
+        if doc["kind"] not in CLUSTER_SCOPED:
+            assert doc["metadata"].get("namespace") == "atas", f"{doc['kind']}/{doc['metadata']['name']}"
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "atas"
-    json.dumps(base)  # plain data: nothing YAML-specific (anchors, timestamps) leaks into objects
+    json.dumps(variants[variant])  # plain data: nothing YAML-specific (anchors, timestamps) leaks
+
+
+def test_kubectl_is_new_enough_for_the_manifests():
+    """The guide states kubectl >= 1.30 (kustomize v5): the tests must render with one at least as old."""
+    assert kubectl_version() >= MINIMUM_KUBECTL
 
 
 def test_topic_partitions_let_every_consumer_pod_work(base):

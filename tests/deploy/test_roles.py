@@ -16,7 +16,7 @@ from tests.conftest import TEST_JWT_SECRET
 from tests.helpers import ServiceProcess
 
 from .conftest import SERVICES, one
-from .kustomize import pod_spec
+from .manifests import pod_spec
 
 pytestmark = [pytest.mark.deploy, pytest.mark.pg, pytest.mark.redis, pytest.mark.kafka, pytest.mark.e2e]
 
