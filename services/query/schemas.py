@@ -16,10 +16,34 @@ class Range(msgspec.Struct, frozen=True):
 
 
 class Counts(msgspec.Struct, frozen=True):
+    """Attempts by status (a test retried twice counts three times)."""
+
     passed: int = 0
     failed: int = 0
     skipped: int = 0
     error: int = 0
+
+
+class AttemptCounts(msgspec.Struct, frozen=True):
+    """An execution's stored attempts by status, as ingest answers them."""
+
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    error: int = 0
+
+
+class Tests(msgspec.Struct, frozen=True):
+    """Distinct tests by the status of their final attempt; ``flaky``: passed after an earlier
+    attempt failed or errored (counted in ``passed`` too). Over several executions, the sums."""
+
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    error: int = 0
+    skipped: int = 0
+    flaky: int = 0
 
 
 class ExecutionCounts(msgspec.Struct, frozen=True):
@@ -54,9 +78,11 @@ class Overview(msgspec.Struct, frozen=True):
     branch: str | None
     executions: int
     executions_by_status: ExecutionCounts
-    results: int
-    results_by_status: Counts
-    pass_rate: float | None  # passed / (passed + failed + error); null without any
+    results: int  # attempts
+    results_by_status: Counts  # attempts
+    tests: Tests  # summed over the executions
+    pass_rate: float | None  # over tests' final attempts: passed / (passed + failed + error); null without any
+    attempt_pass_rate: float | None  # the same over every attempt
     duration: Duration
     top_failing_tests: list[FailingTest]
     top_failing_range: Range
@@ -66,9 +92,11 @@ class TrendBucket(msgspec.Struct, frozen=True):
     start: datetime
     executions: int
     executions_by_status: ExecutionCounts
-    results: int
-    results_by_status: Counts
-    pass_rate: float | None
+    results: int  # attempts
+    results_by_status: Counts  # attempts
+    tests: Tests
+    pass_rate: float | None  # over tests' final attempts
+    attempt_pass_rate: float | None
     duration_p50_ms: float | None
     duration_p95_ms: float | None
 
@@ -94,9 +122,12 @@ class Execution(msgspec.Struct, frozen=True):
     started_at: datetime
     finished_at: datetime | None
     updated_at: datetime
-    total: int
-    counts: Counts
-    duration_ms: int
+    counts: AttemptCounts  # per attempt
+    tests: Tests  # per test, by its final attempt
+    results_duration_ms: int  # the sum of the results' durations
+    wall_duration_ms: int | None  # finished_at - started_at; null while running
+    total: int  # deprecated: counts.total
+    duration_ms: int  # deprecated: results_duration_ms
     attributes: dict[str, Any] = {}
 
 
