@@ -103,6 +103,10 @@ class ExecutionFinish(_Strict):
 # ----------------------------------------------------------------------------------- responses
 
 
+ResultsDuration = Annotated[int, Meta(description="the sum of the results' durations (ms)")]
+WallDuration = Annotated[int | None, Meta(description="finished_at - started_at (ms); null while running")]
+
+
 class Counts(msgspec.Struct, kw_only=True):
     """Every stored attempt by status: a test retried twice counts three times."""
 
@@ -140,9 +144,10 @@ class Execution(msgspec.Struct, kw_only=True):
     attributes: dict[str, Any] = {}
     counts: Counts = msgspec.field(default_factory=Counts)  # per attempt
     tests: Tests = msgspec.field(default_factory=Tests)  # per test, by its final attempt
-    results_duration_ms: int = 0  # the sum of the results' durations
-    wall_duration_ms: int | None = None  # finished_at - started_at; null while running
-    duration_ms: int = 0  # deprecated: the same as results_duration_ms
+    results_duration_ms: ResultsDuration = 0
+    wall_duration_ms: WallDuration = None
+    duration_ms: Annotated[int, Meta(description="deprecated: the same as results_duration_ms",
+                                     extra_json_schema={"deprecated": True})] = 0
 
 
 class BatchAccepted(msgspec.Struct, kw_only=True):

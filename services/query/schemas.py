@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 
 class Range(msgspec.Struct, frozen=True):
@@ -124,10 +125,11 @@ class Execution(msgspec.Struct, frozen=True):
     updated_at: datetime
     counts: AttemptCounts  # per attempt
     tests: Tests  # per test, by its final attempt
-    results_duration_ms: int  # the sum of the results' durations
-    wall_duration_ms: int | None  # finished_at - started_at; null while running
-    total: int  # deprecated: counts.total
-    duration_ms: int  # deprecated: results_duration_ms
+    results_duration_ms: Annotated[int, Meta(description="the sum of the results' durations (ms)")]
+    wall_duration_ms: Annotated[int | None, Meta(description="finished_at - started_at (ms); null while running")]
+    total: Annotated[int, Meta(description="deprecated: counts.total", extra_json_schema={"deprecated": True})]
+    duration_ms: Annotated[int, Meta(description="deprecated: results_duration_ms",
+                                     extra_json_schema={"deprecated": True})]
     attributes: dict[str, Any] = {}
 
 
