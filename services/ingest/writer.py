@@ -12,8 +12,10 @@ An execution keeps two summaries (V014): ``counts``, every stored attempt by sta
 ``tests``, distinct tests by their final (highest) attempt plus the flaky ones. A batch adds its
 attempts to the first; for the second it reads, under the same row lock, the stored attempts of
 the tests it touched and adds the difference between their summary before and after the batch,
-so results in any order (a lower attempt after a higher one, a retried batch) keep it exact. The events of DESIGN.md are appended to the outbox in the same
-transaction, with ``seq`` from ``executions.last_seq``: committed data and its events are one unit.
+so results in any order (a lower attempt after a higher one, a retried batch) keep it exact.
+
+The events of DESIGN.md are appended to the outbox in the same transaction, with ``seq`` from
+``executions.last_seq``: committed data and its events are one unit.
 
 A status derived at finish comes from the final attempt of each test (a retry that passed makes
 the test pass), and is derived again when results arrive after finish (``status_source``, V012);
