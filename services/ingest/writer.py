@@ -389,10 +389,13 @@ async def _insert_new_results(conn: asyncpg.Connection, started_at: datetime, ex
     return by_status, duration, inserted
 
 
-async def _tests_delta(conn: asyncpg.Connection, lock: asyncpg.Record, inserted: list[Attempt]) -> dict[str, int]:
+async def _tests_delta(conn: asyncpg.Connection, lock: asyncpg.Record, inserted: list[Attempt],
+                       by_status: dict[str, int]) -> dict[str, int]:
     """The change of the execution's tests summary by the ``inserted`` attempts (row lock held)."""
     if only_new_tests(lock["max_attempt"], inserted):
-        return tests_delta(inserted, inserted)
+        # Every attempt is a new test: the batch's counts are its tests (no per-result work on
+        # the hot path, where building the general delta cost ~2 µs per result).
+        return {"total": len(inserted), **by_status, "flaky": 0}
     test_ids = list({t for t, _, _ in inserted})
     rows = await conn.fetch(_ATTEMPTS_OF_TESTS, lock["started_at"], lock["id"], test_ids)
     return tests_delta([(r["test_id"], r["attempt"], r["status"]) for r in rows], inserted)
@@ -414,7 +417,7 @@ async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results
         stored = await _insert_new_results(conn, lock["started_at"], execution_id, project, results)
     by_status, duration, inserted = stored
     accepted = sum(by_status.values())
-    tests = await _tests_delta(conn, lock, inserted) if inserted else dict.fromkeys(TEST_KEYS, 0)
+    tests = await _tests_delta(conn, lock, inserted, by_status) if inserted else dict.fromkeys(TEST_KEYS, 0)
     row = await conn.fetchrow(
         _ADD_COUNTS, execution_id, accepted, by_status["passed"], by_status["failed"], by_status["skipped"],
         by_status["error"], duration, 1 if accepted else 0, tests["total"], tests["passed"], tests["failed"],
