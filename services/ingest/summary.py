@@ -54,8 +54,9 @@ def tests_delta(stored: Iterable[Attempt], inserted: Iterable[Attempt]) -> dict[
     return delta
 
 
-def only_new_tests(max_attempt_stored: int, inserted: Iterable[Attempt]) -> bool:
-    """True when every inserted attempt is a test's first and the execution never stored a retry:
-    then no inserted test was stored before (its attempt 1 would have been a duplicate), and the
-    batch's tests summary is its own, with no read of earlier attempts."""
-    return max_attempt_stored <= 1 and all(a == 1 for _, a, _ in inserted)
+def only_new_tests(max_attempt_stored: int, top_inserted: int) -> bool:
+    """True when every inserted attempt is a test's first (the highest inserted is 1) and the
+    execution never stored a retry: then no inserted test was stored before (its attempt 1 would
+    have been a duplicate), and the batch's tests summary is its own, with no read of earlier
+    attempts."""
+    return max_attempt_stored <= 1 and top_inserted <= 1

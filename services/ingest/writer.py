@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
@@ -292,7 +293,17 @@ def _columns(results: Sequence[ResultIn]) -> list[list]:
     return cols
 
 
-_Stored = tuple[dict[str, int], int, list[Attempt]]  # counts by status, duration sum, what was stored
+@dataclass(slots=True)
+class _Stored:
+    """What a batch really stored. ``attempts`` is built only when the tests summary needs it:
+    a batch of first attempts (the hot path) never does, and listing 500 attempts costs more than
+    the rest of the bookkeeping together."""
+
+    by_status: dict[str, int]
+    duration: int
+    failed: set[tuple[str, int]]  # (test_id, attempt) of failed / errored attempts
+    top_attempt: int  # the highest attempt stored (0: nothing)
+    attempts: Callable[[], list[Attempt]]
 
 
 def _distinct(results: Sequence[ResultIn]) -> bool:
@@ -304,11 +315,16 @@ def _distinct(results: Sequence[ResultIn]) -> bool:
 
 def _tally(results: Sequence[ResultIn]) -> _Stored:
     by_status = dict.fromkeys(RESULT_STATUSES, 0)
-    duration = 0
+    duration = top = 0
+    failed: set[tuple[str, int]] = set()
     for r in results:
         by_status[r.status] += 1
         duration += r.duration_ms or 0
-    return by_status, duration, [(r.test_id, r.attempt, r.status) for r in results]
+        if r.attempt > top:
+            top = r.attempt
+        if r.status in ("failed", "error"):
+            failed.add((r.test_id, r.attempt))
+    return _Stored(by_status, duration, failed, top, lambda: [(r.test_id, r.attempt, r.status) for r in results])
 
 
 # COPY text format: NULL is \N; backslash, newline, carriage return and tab inside values are escaped.
@@ -386,16 +402,17 @@ async def _insert_new_results(conn: asyncpg.Connection, started_at: datetime, ex
         by_status[r["status"]] = r["n"]
         duration += r["ms"]
         inserted.extend((t, a, r["status"]) for t, a in zip(r["test_ids"], r["attempts"]))
-    return by_status, duration, inserted
+    failed = {(t, a) for t, a, status in inserted if status in ("failed", "error")}
+    return _Stored(by_status, duration, failed, max((a for _, a, _ in inserted), default=0), lambda: inserted)
 
 
-async def _tests_delta(conn: asyncpg.Connection, lock: asyncpg.Record, inserted: list[Attempt],
-                       by_status: dict[str, int]) -> dict[str, int]:
-    """The change of the execution's tests summary by the ``inserted`` attempts (row lock held)."""
-    if only_new_tests(lock["max_attempt"], inserted):
+async def _tests_delta(conn: asyncpg.Connection, lock: asyncpg.Record, stored: _Stored) -> dict[str, int]:
+    """The change of the execution's tests summary by what the batch ``stored`` (row lock held)."""
+    if only_new_tests(lock["max_attempt"], stored.top_attempt):
         # Every attempt is a new test: the batch's counts are its tests (no per-result work on
         # the hot path, where building the general delta cost ~2 µs per result).
-        return {"total": len(inserted), **by_status, "flaky": 0}
+        return {"total": sum(stored.by_status.values()), **stored.by_status, "flaky": 0}
+    inserted = stored.attempts()
     test_ids = list({t for t, _, _ in inserted})
     rows = await conn.fetch(_ATTEMPTS_OF_TESTS, lock["started_at"], lock["id"], test_ids)
     return tests_delta([(r["test_id"], r["attempt"], r["status"]) for r in rows], inserted)
@@ -415,15 +432,14 @@ async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results
         stored = await _copy_results(conn, lock["started_at"], execution_id, project, results)
     else:  # a retry (or a batch repeating itself): skip what is already stored
         stored = await _insert_new_results(conn, lock["started_at"], execution_id, project, results)
-    by_status, duration, inserted = stored
+    by_status, duration, failed_keys = stored.by_status, stored.duration, stored.failed
     accepted = sum(by_status.values())
-    tests = await _tests_delta(conn, lock, inserted, by_status) if inserted else dict.fromkeys(TEST_KEYS, 0)
+    tests = await _tests_delta(conn, lock, stored) if accepted else dict.fromkeys(TEST_KEYS, 0)
     row = await conn.fetchrow(
         _ADD_COUNTS, execution_id, accepted, by_status["passed"], by_status["failed"], by_status["skipped"],
         by_status["error"], duration, 1 if accepted else 0, tests["total"], tests["passed"], tests["failed"],
-        tests["skipped"], tests["error"], tests["flaky"], max((a for _, a, _ in inserted), default=1))
+        tests["skipped"], tests["error"], tests["flaky"], stored.top_attempt)
     totals = counts_of(row)
-    failed_keys = {(t, a) for t, a, st in inserted if st in ("failed", "error")}
     events: list[Envelope] = []
     if accepted:
         failed: list[FailedTest] = []
