@@ -109,10 +109,19 @@ RETURNING {_EXECUTION_COLUMNS}, last_seq
 
 # Every stored attempt of the given tests of one execution: a primary-key range per test, within
 # the execution's one partition. Read after the batch's insert, under the execution's row lock, so
-# it sees every committed attempt and the batch's own.
+# it sees every committed attempt and the batch's own. The LATERAL subquery (OFFSET 0 keeps it
+# one) makes each test a parameterised primary-key lookup: written as `test_id = ANY($3)`, the
+# planner, with the near-zero row estimate of a just-written execution, walked the execution's
+# whole (execution, id) index and filtered every row against the array — 15-25 ms for 500 tests
+# of a 10k-result execution, against about 1 ms this way.
 _ATTEMPTS_OF_TESTS = """
-SELECT test_id, attempt, status FROM results
-WHERE execution_started_at = $1 AND execution_id = $2 AND test_id = ANY($3::text[])
+SELECT t.test_id, r.attempt, r.status
+FROM unnest($3::text[]) AS t(test_id)
+CROSS JOIN LATERAL (
+    SELECT attempt, status FROM results
+    WHERE execution_started_at = $1 AND execution_id = $2 AND test_id = t.test_id
+    OFFSET 0
+) r
 """
 
 _FINISH = f"""
