@@ -37,15 +37,26 @@ def tests_delta(stored: Iterable[Attempt], inserted: Iterable[Attempt]) -> dict[
     (as read after the insert). A test whose earlier attempts are not in ``stored`` is counted as
     new, so ``stored`` must be complete for each test it names."""
     new_keys = {(t, a) for t, a, _ in inserted}
-    by_test: dict[str, dict[int, str]] = {}
+    by_test: dict[str, list[tuple[int, str]]] = {}
     for test_id, attempt, status in stored:
-        by_test.setdefault(test_id, {})[attempt] = status
+        attempts = by_test.get(test_id)
+        if attempts is None:
+            by_test[test_id] = [(attempt, status)]
+        else:
+            attempts.append((attempt, status))
     delta = dict.fromkeys(TEST_KEYS, 0)
     for test_id, attempts in by_test.items():
-        before = {a: st for a, st in attempts.items() if (test_id, a) not in new_keys}
-        if len(before) == len(attempts):
+        if len(attempts) == 1:  # most tests of a batch: one attempt, new or untouched
+            attempt, status = attempts[0]
+            if (test_id, attempt) in new_keys:
+                delta["total"] += 1
+                delta[status] += 1
+            continue
+        after = dict(attempts)
+        before = {a: st for a, st in attempts if (test_id, a) not in new_keys}
+        if len(before) == len(after):
             continue  # not touched by the batch
-        for sign, outcome in ((-1, final_outcome(before)), (1, final_outcome(attempts))):
+        for sign, outcome in ((-1, final_outcome(before)), (1, final_outcome(after))):
             if outcome is not None:
                 status, flaky = outcome
                 delta["total"] += sign
