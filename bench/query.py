@@ -58,7 +58,9 @@ BRANCHES = ("main", "develop", "release", "feature")
 RESULT_COLUMNS = ["execution_started_at", "execution_id", "project", "test_id", "attempt", "id", "name",
                   "suite", "file", "status", "duration_ms"]
 EXECUTION_COLUMNS = ["id", "project", "name", "environment", "branch", "commit_sha", "status", "started_at",
-                     "finished_at", "total", "passed", "failed", "skipped", "errored", "duration_ms"]
+                     "finished_at", "total", "passed", "failed", "skipped", "errored", "duration_ms",
+                     "tests_total", "tests_passed", "tests_failed", "tests_skipped", "tests_errored", "tests_flaky",
+                     "max_attempt"]
 
 
 def say(message: str) -> None:
@@ -108,6 +110,7 @@ def generate(executions: int, per_execution: int, days: int, tests: int, seed: i
         rows = []
         offset = rng.randrange(tests)
         counts = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+        summary = {"total": 0, "passed": 0, "failed": 0, "skipped": 0, "error": 0, "flaky": 0}
         total_ms = 0
         k = 0
         while len(rows) < per_execution:
@@ -127,11 +130,18 @@ def generate(executions: int, per_execution: int, days: int, tests: int, seed: i
                 if status not in ("failed", "error") or attempt == 3 or t not in flaky:
                     break
                 attempt += 1
+            # the test's final attempt is the one just appended
+            summary["total"] += 1
+            summary[status] += 1
+            summary["flaky"] += status == "passed" and attempt > 1
         running = n >= executions - 5
         status = "running" if running else ("failed" if counts["failed"] + counts["error"] else "passed")
         execution = (eid, project, f"build {n}", environment, branch, commit, status,
                      started, None if running else started + timedelta(milliseconds=total_ms // 4),
-                     len(rows), counts["passed"], counts["failed"], counts["skipped"], counts["error"], total_ms)
+                     len(rows), counts["passed"], counts["failed"], counts["skipped"], counts["error"], total_ms,
+                     summary["total"], summary["passed"], summary["failed"], summary["skipped"], summary["error"],
+                     summary["flaky"],
+                     max(r[4] for r in rows))
         yield execution, rows
 
 

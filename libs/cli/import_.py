@@ -60,11 +60,14 @@ def run_junit(args: argparse.Namespace) -> int:
         print(f"atas: import refused: {exc}{where}", file=sys.stderr)
         return 1
     ex = imported.execution
-    c = ex.counts
+    c, t = ex.counts, ex.tests
     verb = "imported" if imported.created else "already imported (nothing added)"
     print(f"{args.file}: {verb} as execution {ex.id} in project {ex.project}")
-    print(f"  {c.total} results: {c.passed} passed, {c.failed} failed, {c.error} error, {c.skipped} skipped"
-          f"  → status {ex.status}")
+    # Tests first, as the harness printed them; attempts only when reruns make them differ.
+    flaky = f" ({t.flaky} flaky)" if t.flaky else ""
+    attempts = f"; {c.total} attempts with reruns" if c.total != t.total else ""
+    print(f"  {t.total} tests: {t.passed} passed{flaky}, {t.failed} failed, {t.error} error, {t.skipped} skipped"
+          f"{attempts}  → status {ex.status}")
     if imported.created and imported.duplicates:
         print(f"  {imported.duplicates} results repeated within the report were stored once")
     return 0

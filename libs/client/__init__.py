@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from atas.common.schemas import (
     Attachment, BatchAccepted, Counts, Execution, ExecutionCreate, ExecutionFinish, JunitImported, ResultIn,
+    Tests,
 )
 
 from .client import AsyncClient, AtasError, Client
 
 __all__ = [
     "AsyncClient", "AtasError", "Attachment", "BatchAccepted", "Client", "Counts", "Execution", "ExecutionCreate",
-    "ExecutionFinish", "JunitImported", "ResultIn",
+    "ExecutionFinish", "JunitImported", "ResultIn", "Tests",
 ]

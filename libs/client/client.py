@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 
 from atas.common.schemas import (
-    BatchAccepted, Counts, Execution, ExecutionCreate, ExecutionFinish, JunitImported, ResultIn,
+    BatchAccepted, Counts, Execution, ExecutionCreate, ExecutionFinish, JunitImported, ResultIn, Tests,
 )
 
 T = TypeVar("T")
@@ -98,20 +98,20 @@ class AsyncClient:
                           results: Iterable[ResultIn | Mapping[str, Any]], *,
                           batch_size: int | None = None) -> BatchAccepted:
         """Send results in batches of ``batch_size``; returns the sums over all batches (``counts``
-        are the execution's counters after the last one). Results may be :class:`ResultIn` or dicts
+        and ``tests`` are the execution's summaries after the last one). Results may be :class:`ResultIn` or dicts
         with the same fields."""
         size = batch_size or self.batch_size
         path = f"/v1/executions/{execution_id}/results"
         accepted = duplicates = 0
-        counts = Counts()
+        counts, tests = Counts(), Tests()
         batch: list = []
 
         async def flush() -> None:
-            nonlocal accepted, duplicates, counts
+            nonlocal accepted, duplicates, counts, tests
             answer = await self._call("POST", path, BatchAccepted, json={"results": batch})
             accepted += answer.accepted
             duplicates += answer.duplicates
-            counts = answer.counts
+            counts, tests = answer.counts, answer.tests
             batch.clear()
 
         for result in results:
@@ -121,7 +121,7 @@ class AsyncClient:
         if batch:
             await flush()
         return BatchAccepted(execution_id=uuid.UUID(str(execution_id)), accepted=accepted, duplicates=duplicates,
-                             counts=counts)
+                             counts=counts, tests=tests)
 
     async def finish_execution(self, execution_id: uuid.UUID | str, status: str | None = None,
                                finished_at: datetime | None = None) -> Execution:

@@ -49,8 +49,9 @@ class ExecutionStarted(msgspec.Struct, frozen=True, omit_defaults=True):
 class ResultsRecorded(msgspec.Struct, frozen=True, omit_defaults=True):
     accepted: int
     duplicates: int
-    counts: dict[str, int]  # this batch, by status
-    totals: dict[str, int]  # the execution's counters after this batch
+    counts: dict[str, int]  # this batch's attempts, by status
+    totals: dict[str, int]  # the execution's attempt counters after this batch
+    tests: dict[str, int] = {}  # the execution's tests summary after this batch (final attempts)
     failed: list[FailedTest] = []  # failed/error results of this batch (capped by the writer)
     failed_truncated: bool = False
 
@@ -58,8 +59,11 @@ class ResultsRecorded(msgspec.Struct, frozen=True, omit_defaults=True):
 class ExecutionFinished(msgspec.Struct, frozen=True, omit_defaults=True):
     status: str
     finished_at: datetime
-    totals: dict[str, int]
-    duration_ms: int | None = None
+    totals: dict[str, int]  # attempt counters
+    tests: dict[str, int] = {}  # tests summary (final attempts)
+    wall_duration_ms: int | None = None  # finished_at - started_at
+    results_duration_ms: int | None = None  # the sum of the results' durations
+    duration_ms: int | None = None  # deprecated: the same as wall_duration_ms
 
 
 _encoder = msgspec.json.Encoder()

@@ -103,12 +103,31 @@ class ExecutionFinish(_Strict):
 # ----------------------------------------------------------------------------------- responses
 
 
+ResultsDuration = Annotated[int, Meta(description="the sum of the results' durations (ms)")]
+WallDuration = Annotated[int | None, Meta(description="finished_at - started_at (ms); null while running")]
+
+
 class Counts(msgspec.Struct, kw_only=True):
+    """Every stored attempt by status: a test retried twice counts three times."""
+
     total: int = 0
     passed: int = 0
     failed: int = 0
     skipped: int = 0
     error: int = 0
+
+
+class Tests(msgspec.Struct, kw_only=True):
+    """Distinct tests by the status of their final (highest) attempt: the numbers a harness prints.
+    ``flaky``: tests whose final attempt passed after an earlier attempt failed or errored (they
+    are counted in ``passed`` too)."""
+
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    error: int = 0
+    skipped: int = 0
+    flaky: int = 0
 
 
 class Execution(msgspec.Struct, kw_only=True):
@@ -123,8 +142,12 @@ class Execution(msgspec.Struct, kw_only=True):
     commit: str | None = None
     build_url: str | None = None
     attributes: dict[str, Any] = {}
-    counts: Counts = msgspec.field(default_factory=Counts)
-    duration_ms: int = 0  # sum of the results' durations
+    counts: Counts = msgspec.field(default_factory=Counts)  # per attempt
+    tests: Tests = msgspec.field(default_factory=Tests)  # per test, by its final attempt
+    results_duration_ms: ResultsDuration = 0
+    wall_duration_ms: WallDuration = None
+    duration_ms: Annotated[int, Meta(description="deprecated: the same as results_duration_ms",
+                                     extra_json_schema={"deprecated": True})] = 0
 
 
 class BatchAccepted(msgspec.Struct, kw_only=True):
@@ -133,7 +156,8 @@ class BatchAccepted(msgspec.Struct, kw_only=True):
     execution_id: uuid.UUID
     accepted: int
     duplicates: int
-    counts: Counts  # the execution's counters after this batch
+    counts: Counts  # the execution's attempt counters after this batch
+    tests: Tests = msgspec.field(default_factory=Tests)  # its tests summary after this batch
 
 
 class JunitImported(msgspec.Struct, kw_only=True):

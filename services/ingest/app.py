@@ -23,8 +23,8 @@ from .routes import INGEST_CONFIG, add_routes
 
 log = get_logger(__name__)
 
-# The newest migration this code needs (V012: executions.status_source, written at finish).
-REQUIRED_SCHEMA_VERSION = 12
+# The newest migration this code needs (V014: the tests summary columns of executions).
+REQUIRED_SCHEMA_VERSION = 14
 # Months of result partitions kept ready behind and ahead of now (see V001).
 PARTITIONS_BACK, PARTITIONS_AHEAD = 1, 3
 _PARTITION_RETRY_S = 60.0

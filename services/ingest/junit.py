@@ -17,7 +17,12 @@ Mapping, per ``<testcase>``:
 * the same ``test_id`` seen again later in the file (rerun plugins, several suites) becomes the
   next attempt rather than being dropped as a duplicate — unless the suites name different hosts
   (Playwright writes one suite per file and *project*, e.g. ``hostname="chromium"``): those are
-  different tests, and their ids are qualified with the host, ``classname::name [chromium]``.
+  different tests, and their ids are qualified with the host, ``classname::name [chromium]``;
+* pytest-rerunfailures: pytest's junitxml writes a rerun attempt as a ``<testcase>`` *without* an
+  outcome element, followed by the next attempt under the same name in the same suite. Such an
+  outcome-less testcase that its own suite repeats was not a pass (rerun plugins rerun only what
+  did not pass): it becomes an attempt with the final attempt's status when that failed or
+  errored, else ``failed``, and a message saying the report did not record it.
 
 Bounds: ids are clipped to 1,024 UTF-8 bytes; implausible times (negative, NaN, over ~23 days per
 element, timestamps outside 1970..2199) are ignored rather than refused; suites may nest as deep
@@ -173,6 +178,22 @@ def _testcase(case: ET.Element, test_id: str, suite: str | None, attempts: dict[
     return out
 
 
+_RECORDED = {*_OUTCOMES, *_EARLIER, *_LATER}
+_RERUN_MESSAGE = ("rerun: the report repeats this test without recording why this attempt did not pass "
+                  "(pytest-rerunfailures)")
+
+
+def _mark_reruns(results: list[ResultIn], reruns: list[int]) -> None:
+    """Give the outcome-less attempts that a rerun followed a status that is not a pass."""
+    if not reruns:
+        return
+    final = {r.test_id: r.status for r in results}  # the highest attempt comes last
+    for i in reruns:
+        r = results[i]
+        status = final[r.test_id] if final[r.test_id] in ("failed", "error") else "failed"
+        results[i] = msgspec.structs.replace(r, status=status, error_message=_RERUN_MESSAGE)
+
+
 def parse_junit(data: bytes) -> Report:
     """Parse a JUnit XML document; raises ApiError 400 (refused or malformed) or 422 (not JUnit)."""
     root = _parse_xml(data)
@@ -182,7 +203,7 @@ def parse_junit(data: bytes) -> Report:
                                          "<testsuites> or <testsuite>")
     stamps: list[datetime] = []
     suite_ms = 0
-    cases: list[tuple[ET.Element, str, str | None, str | None]] = []  # case, base id, suite, host
+    cases: list[tuple[ET.Element, str, str | None, str | None, int]] = []  # case, base id, suite, host, suite #
 
     # Suites in document order, depth first, without recursion (nesting depth is the sender's).
     stack = [(root, None)] if tag == "testsuite" else [
@@ -199,20 +220,30 @@ def parse_junit(data: bytes) -> Report:
         for child in suite_el:
             ctag = _local(child.tag)
             if ctag == "testcase":
-                cases.append((child, _base_id(child), suite_name, host))
+                cases.append((child, _base_id(child), suite_name, host, id(suite_el)))
             elif ctag == "testsuite":
                 nested.append((child, host))
         stack.extend(reversed(nested))
     if not cases:
         raise ApiError(422, "empty_report", "the report contains no <testcase> elements")
     hosts: dict[str, set[str | None]] = {}
-    for _case, base, _suite, host in cases:
+    for _case, base, _suite, host, _ in cases:
         hosts.setdefault(base, set()).add(host)
     attempts: dict[str, int] = {}
     results: list[ResultIn] = []
-    for case, base, suite_name, host in cases:
+    # (test_id, suite) → index of its latest attempt when that testcase had no outcome element.
+    bare: dict[tuple[str, int], int] = {}
+    reruns: list[int] = []
+    for case, base, suite_name, host, suite_key in cases:
         test_id = f"{base} [{host}]" if host and len(hosts[base]) > 1 else base
+        first = len(results)
         results.extend(_testcase(case, test_id, suite_name, attempts))
+        key = (results[first].test_id, suite_key)
+        if key in bare:
+            reruns.append(bare.pop(key))
+        if not any(_local(child.tag) in _RECORDED for child in case):
+            bare[key] = len(results) - 1
+    _mark_reruns(results, reruns)
     total_ms = _seconds_ms(root.get("time")) if tag == "testsuites" else None
     name = (root.get("name") or "").strip() or None
     return Report(name=name, started_at=min(stamps) if stamps else None,

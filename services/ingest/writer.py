@@ -6,8 +6,16 @@ statements, whatever the batch size (never a statement per row). A batch is firs
 batch again through one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``, which
 stores only what is new. Concurrent batches for one execution serialise on the execution's
 row lock, which is taken first, so counters stay exact and overlapping batches cannot deadlock on
-each other's result keys. The events of DESIGN.md are appended to the outbox in the same
-transaction, with ``seq`` from ``executions.last_seq``: committed data and its events are one unit.
+each other's result keys.
+
+An execution keeps two summaries (V014): ``counts``, every stored attempt by status, and
+``tests``, distinct tests by their final (highest) attempt plus the flaky ones. A batch adds its
+attempts to the first; for the second it reads, under the same row lock, the stored attempts of
+the tests it touched and adds the difference between their summary before and after the batch,
+so results in any order (a lower attempt after a higher one, a retried batch) keep it exact.
+
+The events of DESIGN.md are appended to the outbox in the same transaction, with ``seq`` from
+``executions.last_seq``: committed data and its events are one unit.
 
 A status derived at finish comes from the final attempt of each test (a retry that passed makes
 the test pass), and is derived again when results arrive after finish (``status_source``, V012);
@@ -19,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
@@ -31,11 +40,12 @@ from atas.common.events import (
 )
 from atas.common.logging import get_logger
 from atas.common.schemas import (
-    RESULT_STATUSES, BatchAccepted, Counts, Execution, ExecutionCreate, ExecutionFinish, ResultIn,
+    RESULT_STATUSES, BatchAccepted, Counts, Execution, ExecutionCreate, ExecutionFinish, ResultIn, Tests,
 )
 
 from . import metrics
 from .config import IngestConfig
+from .summary import TEST_KEYS, Attempt, only_new_tests, tests_delta
 
 log = get_logger(__name__)
 
@@ -47,7 +57,8 @@ _json = msgspec.json.Encoder()
 
 _EXECUTION_COLUMNS = ("id, project, name, environment, branch, commit_sha, build_url, attributes, status, "
                       "started_at, finished_at, total, passed, failed, skipped, errored, duration_ms, request_hash, "
-                      "status_source")
+                      "status_source, tests_total, tests_passed, tests_failed, tests_skipped, tests_errored, "
+                      "tests_flaky, max_attempt")
 
 _INSERT_EXECUTION = f"""
 INSERT INTO executions (id, project, name, environment, branch, commit_sha, build_url, attributes,
@@ -81,17 +92,36 @@ WITH ins AS (
     RETURNING status, test_id, attempt, duration_ms
 )
 SELECT status, count(*)::int AS n, coalesce(sum(duration_ms), 0)::bigint AS ms,
-       array_agg(test_id) FILTER (WHERE status IN ('failed', 'error')) AS failed_ids,
-       array_agg(attempt) FILTER (WHERE status IN ('failed', 'error')) AS failed_attempts
+       array_agg(test_id) AS test_ids, array_agg(attempt) AS attempts
 FROM ins GROUP BY status
 """
 
 _ADD_COUNTS = f"""
 UPDATE executions
 SET total = total + $2, passed = passed + $3, failed = failed + $4, skipped = skipped + $5,
-    errored = errored + $6, duration_ms = duration_ms + $7, last_seq = last_seq + $8, updated_at = now()
+    errored = errored + $6, duration_ms = duration_ms + $7, last_seq = last_seq + $8,
+    tests_total = tests_total + $9, tests_passed = tests_passed + $10, tests_failed = tests_failed + $11,
+    tests_skipped = tests_skipped + $12, tests_errored = tests_errored + $13, tests_flaky = tests_flaky + $14,
+    max_attempt = greatest(max_attempt, $15), updated_at = now()
 WHERE id = $1
 RETURNING {_EXECUTION_COLUMNS}, last_seq
+"""
+
+# Every stored attempt of the given tests of one execution: a primary-key range per test, within
+# the execution's one partition. Read after the batch's insert, under the execution's row lock, so
+# it sees every committed attempt and the batch's own. The LATERAL subquery (OFFSET 0 keeps it
+# one) makes each test a parameterised primary-key lookup: written as `test_id = ANY($3)`, the
+# planner, with the near-zero row estimate of a just-written execution, walked the execution's
+# whole (execution, id) index and filtered every row against the array — 15-25 ms for 500 tests
+# of a 10k-result execution, against about 1 ms this way.
+_ATTEMPTS_OF_TESTS = """
+SELECT t.test_id, r.attempt, r.status
+FROM unnest($3::text[]) AS t(test_id)
+CROSS JOIN LATERAL (
+    SELECT attempt, status FROM results
+    WHERE execution_started_at = $1 AND execution_id = $2 AND test_id = t.test_id
+    OFFSET 0
+) r
 """
 
 _FINISH = f"""
@@ -115,23 +145,6 @@ WHERE id = $1
 RETURNING {_EXECUTION_COLUMNS}
 """
 
-# Tests whose final attempt failed / errored. The counters cannot tell: they count every attempt,
-# so a test that failed once and passed on retry would fail the run. DISTINCT ON keeps the first
-# row of each test_id in the scan's order; with both keys descending that is the highest attempt,
-# and PostgreSQL reads it straight off the primary key (execution_started_at, execution_id,
-# test_id, attempt) backwards, within the execution's one partition, without a sort or a join.
-# Measured on a 10k-result execution: 11-13 ms whatever the share of failures, with custom and
-# generic plans alike (docs/ingest.md). An anti-join ("no higher attempt exists") was faster when
-# failures are few but, planned with the near-zero row estimate a just-written execution has,
-# degenerated into a nested loop over the whole execution per failed row (seconds to minutes).
-_FINAL_OUTCOMES = """
-SELECT count(*) FILTER (WHERE status = 'failed')::int AS failed,
-       count(*) FILTER (WHERE status = 'error')::int AS errored
-FROM (SELECT DISTINCT ON (test_id) status FROM results
-      WHERE execution_started_at = $1 AND execution_id = $2
-      ORDER BY test_id DESC, attempt DESC) AS final
-"""
-
 _APPEND_OUTBOX = """
 INSERT INTO outbox (event_id, event_key, payload)
 SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bytea[])
@@ -152,12 +165,25 @@ def counts_of(row: asyncpg.Record) -> Counts:
                   error=row["errored"])
 
 
+def tests_of(row: asyncpg.Record) -> Tests:
+    return Tests(total=row["tests_total"], passed=row["tests_passed"], failed=row["tests_failed"],
+                 error=row["tests_errored"], skipped=row["tests_skipped"], flaky=row["tests_flaky"])
+
+
+def wall_duration_ms(row: asyncpg.Record) -> int | None:
+    if row["finished_at"] is None:
+        return None
+    return int((row["finished_at"] - row["started_at"]).total_seconds() * 1000)
+
+
 def execution_of(row: asyncpg.Record) -> Execution:
     return Execution(
         id=row["id"], project=row["project"], name=row["name"], status=row["status"],
         started_at=row["started_at"], finished_at=row["finished_at"], environment=row["environment"],
         branch=row["branch"], commit=row["commit_sha"], build_url=row["build_url"],
-        attributes=row["attributes"] or {}, counts=counts_of(row), duration_ms=row["duration_ms"],
+        attributes=row["attributes"] or {}, counts=counts_of(row), tests=tests_of(row),
+        results_duration_ms=row["duration_ms"], wall_duration_ms=wall_duration_ms(row),
+        duration_ms=row["duration_ms"],
     )
 
 
@@ -172,16 +198,10 @@ def status_of_final_attempts(failed: int, errored: int) -> str:
     return "passed"
 
 
-async def derive_status(conn: asyncpg.Connection, row: asyncpg.Record) -> str:
-    """Derive the status of the execution ``row`` (locked by the caller) from its stored results.
-
-    Every result of the execution is visible here: writers of its results hold the execution's
-    row lock until they commit, and the caller holds it now. When the counters show no failed or
-    errored attempt at all, no final attempt failed either and the results are not read."""
-    if not row["failed"] and not row["errored"]:
-        return "passed"
-    final = await conn.fetchrow(_FINAL_OUTCOMES, row["started_at"], row["id"])
-    return status_of_final_attempts(final["failed"], final["errored"])
+def derive_status(row: asyncpg.Record) -> str:
+    """Derive the status of the execution ``row`` (as read under its row lock) from its tests
+    summary, which counts the tests whose final attempt failed / errored exactly."""
+    return status_of_final_attempts(row["tests_failed"], row["tests_errored"])
 
 
 # The failed tests listed in one results.recorded event take at most this many bytes (then
@@ -196,7 +216,9 @@ def finished_event(row: asyncpg.Record) -> Envelope:
         "execution.finished", project=row["project"], execution_id=str(row["id"]), seq=row["last_seq"],
         data=ExecutionFinished(status=row["status"], finished_at=row["finished_at"],
                                totals=msgspec.structs.asdict(counts_of(row)),
-                               duration_ms=int((row["finished_at"] - row["started_at"]).total_seconds() * 1000)),
+                               tests=msgspec.structs.asdict(tests_of(row)),
+                               wall_duration_ms=wall_duration_ms(row), results_duration_ms=row["duration_ms"],
+                               duration_ms=wall_duration_ms(row)),
     )
 
 
@@ -280,7 +302,17 @@ def _columns(results: Sequence[ResultIn]) -> list[list]:
     return cols
 
 
-_Stored = tuple[dict[str, int], int, set[tuple[str, int]]]  # counts by status, duration sum, failed keys
+@dataclass(slots=True)
+class _Stored:
+    """What a batch really stored. ``attempts`` is built only when the tests summary needs it:
+    a batch of first attempts (the hot path) never does, and listing 500 attempts costs more than
+    the rest of the bookkeeping together."""
+
+    by_status: dict[str, int]
+    duration: int
+    failed: set[tuple[str, int]]  # (test_id, attempt) of failed / errored attempts
+    top_attempt: int  # the highest attempt stored (0: nothing)
+    attempts: Callable[[], list[Attempt]]
 
 
 def _distinct(results: Sequence[ResultIn]) -> bool:
@@ -292,14 +324,16 @@ def _distinct(results: Sequence[ResultIn]) -> bool:
 
 def _tally(results: Sequence[ResultIn]) -> _Stored:
     by_status = dict.fromkeys(RESULT_STATUSES, 0)
-    duration = 0
+    duration = top = 0
     failed: set[tuple[str, int]] = set()
     for r in results:
         by_status[r.status] += 1
         duration += r.duration_ms or 0
+        if r.attempt > top:
+            top = r.attempt
         if r.status in ("failed", "error"):
             failed.add((r.test_id, r.attempt))
-    return by_status, duration, failed
+    return _Stored(by_status, duration, failed, top, lambda: [(r.test_id, r.attempt, r.status) for r in results])
 
 
 # COPY text format: NULL is \N; backslash, newline, carriage return and tab inside values are escaped.
@@ -372,13 +406,25 @@ async def _insert_new_results(conn: asyncpg.Connection, started_at: datetime, ex
     rows = await conn.fetch(_INSERT_RESULTS, started_at, execution_id, project, *_columns(results))
     by_status = dict.fromkeys(RESULT_STATUSES, 0)
     duration = 0
-    failed_keys: set[tuple[str, int]] = set()
+    inserted: list[Attempt] = []
     for r in rows:
         by_status[r["status"]] = r["n"]
         duration += r["ms"]
-        if r["failed_ids"]:
-            failed_keys.update(zip(r["failed_ids"], r["failed_attempts"]))
-    return by_status, duration, failed_keys
+        inserted.extend((t, a, r["status"]) for t, a in zip(r["test_ids"], r["attempts"]))
+    failed = {(t, a) for t, a, status in inserted if status in ("failed", "error")}
+    return _Stored(by_status, duration, failed, max((a for _, a, _ in inserted), default=0), lambda: inserted)
+
+
+async def _tests_delta(conn: asyncpg.Connection, lock: asyncpg.Record, stored: _Stored) -> dict[str, int]:
+    """The change of the execution's tests summary by what the batch ``stored`` (row lock held)."""
+    if only_new_tests(lock["max_attempt"], stored.top_attempt):
+        # Every attempt is a new test: the batch's counts are its tests (no per-result work on
+        # the hot path, where building the general delta cost ~2 µs per result).
+        return {"total": sum(stored.by_status.values()), **stored.by_status, "flaky": 0}
+    inserted = stored.attempts()
+    test_ids = list({t for t, _, _ in inserted})
+    rows = await conn.fetch(_ATTEMPTS_OF_TESTS, lock["started_at"], lock["id"], test_ids)
+    return tests_delta([(r["test_id"], r["attempt"], r["status"]) for r in rows], inserted)
 
 
 async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results: Sequence[ResultIn],
@@ -395,11 +441,13 @@ async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results
         stored = await _copy_results(conn, lock["started_at"], execution_id, project, results)
     else:  # a retry (or a batch repeating itself): skip what is already stored
         stored = await _insert_new_results(conn, lock["started_at"], execution_id, project, results)
-    by_status, duration, failed_keys = stored
+    by_status, duration, failed_keys = stored.by_status, stored.duration, stored.failed
     accepted = sum(by_status.values())
+    tests = await _tests_delta(conn, lock, stored) if accepted else dict.fromkeys(TEST_KEYS, 0)
     row = await conn.fetchrow(
         _ADD_COUNTS, execution_id, accepted, by_status["passed"], by_status["failed"], by_status["skipped"],
-        by_status["error"], duration, 1 if accepted else 0)
+        by_status["error"], duration, 1 if accepted else 0, tests["total"], tests["passed"], tests["failed"],
+        tests["skipped"], tests["error"], tests["flaky"], stored.top_attempt)
     totals = counts_of(row)
     events: list[Envelope] = []
     if accepted:
@@ -420,7 +468,8 @@ async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results
             "results.recorded", project=project, execution_id=str(execution_id), seq=row["last_seq"],
             data=ResultsRecorded(accepted=accepted, duplicates=len(results) - accepted,
                                  counts={k: v for k, v in by_status.items() if v},
-                                 totals=msgspec.structs.asdict(totals), failed=failed,
+                                 totals=msgspec.structs.asdict(totals),
+                                 tests=msgspec.structs.asdict(tests_of(row)), failed=failed,
                                  failed_truncated=bool(failed_keys)),
         )
         events.append(event)
@@ -428,7 +477,7 @@ async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results
             # Finished with a derived status and these results came late: they may change it
             # (a failing test retried into a pass, or a new failure). Consumers see a second
             # execution.finished with a higher seq; the finish time stays.
-            status = await derive_status(conn, row)
+            status = derive_status(row)
             if status != row["status"]:
                 previous = row["status"]
                 row = await conn.fetchrow(_REDERIVE, execution_id, status)
@@ -445,7 +494,7 @@ async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results
     metrics.BATCH_SIZE.observe(len(results))
     metrics.WRITE_LATENCY.labels("results").observe(time.perf_counter() - started)
     return BatchAccepted(execution_id=execution_id, accepted=accepted, duplicates=len(results) - accepted,
-                         counts=totals)
+                         counts=totals, tests=tests_of(row))
 
 
 async def finish_execution(conn: asyncpg.Connection, execution_id: uuid.UUID, req: ExecutionFinish,
@@ -476,7 +525,7 @@ async def finish_execution(conn: asyncpg.Connection, execution_id: uuid.UUID, re
     if req.status is not None:
         status, source = req.status, "explicit"
     else:
-        status, source = await derive_status(conn, current), "derived"
+        status, source = derive_status(current), "derived"
     row = await conn.fetchrow(_FINISH, execution_id, status, source, finished_at)
     await append_events(conn, [finished_event(row)])
     return execution_of(row), True

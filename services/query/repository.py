@@ -63,10 +63,17 @@ _EXEC_STATUS = """
     coalesce(sum(passed), 0)  AS passed,
     coalesce(sum(failed), 0)  AS failed,
     coalesce(sum(skipped), 0) AS skipped,
-    coalesce(sum(errored), 0) AS errored"""
+    coalesce(sum(errored), 0) AS errored,
+    coalesce(sum(tests_total), 0)   AS tests_total,
+    coalesce(sum(tests_passed), 0)  AS tests_passed,
+    coalesce(sum(tests_failed), 0)  AS tests_failed,
+    coalesce(sum(tests_skipped), 0) AS tests_skipped,
+    coalesce(sum(tests_errored), 0) AS tests_errored,
+    coalesce(sum(tests_flaky), 0)   AS tests_flaky"""
 
 _EXECUTION_COLUMNS = """id, project, name, environment, branch, commit_sha, build_url, status, started_at,
-    finished_at, updated_at, total, passed, failed, skipped, errored, duration_ms, attributes"""
+    finished_at, updated_at, total, passed, failed, skipped, errored, duration_ms, attributes,
+    tests_total, tests_passed, tests_failed, tests_skipped, tests_errored, tests_flaky"""
 
 
 def _executions_where(scope: Scope) -> _Where:
@@ -130,6 +137,9 @@ class QueryRepository:
                    coalesce(a.ex_cancelled, 0) AS ex_cancelled, coalesce(a.results, 0) AS results,
                    coalesce(a.passed, 0) AS passed, coalesce(a.failed, 0) AS failed,
                    coalesce(a.skipped, 0) AS skipped, coalesce(a.errored, 0) AS errored,
+                   coalesce(a.tests_total, 0) AS tests_total, coalesce(a.tests_passed, 0) AS tests_passed,
+                   coalesce(a.tests_failed, 0) AS tests_failed, coalesce(a.tests_skipped, 0) AS tests_skipped,
+                   coalesce(a.tests_errored, 0) AS tests_errored, coalesce(a.tests_flaky, 0) AS tests_flaky,
                    a.duration_p50, a.duration_p95
             FROM generate_series(date_trunc({unit}, $2::timestamptz, 'UTC'),
                                  $3::timestamptz - interval '1 microsecond',

@@ -300,6 +300,11 @@ def _counts(r) -> s.Counts:
     return s.Counts(passed=r["passed"], failed=r["failed"], skipped=r["skipped"], error=r["errored"])
 
 
+def _tests(r) -> s.Tests:
+    return s.Tests(total=r["tests_total"], passed=r["tests_passed"], failed=r["tests_failed"],
+                   error=r["tests_errored"], skipped=r["tests_skipped"], flaky=r["tests_flaky"])
+
+
 def _exec_counts(r) -> s.ExecutionCounts:
     return s.ExecutionCounts(running=r["ex_running"], passed=r["ex_passed"], failed=r["ex_failed"],
                              error=r["ex_error"], cancelled=r["ex_cancelled"])
@@ -357,8 +362,9 @@ async def overview(request: web.Request) -> web.Response:
         return _encoder.encode(s.Overview(
             project=scope.project, range=_range(scope.start, scope.end), environment=scope.environment,
             branch=scope.branch, executions=r["executions"], executions_by_status=_exec_counts(r),
-            results=r["results"], results_by_status=_counts(r),
-            pass_rate=_pass_rate(r["passed"], r["failed"], r["errored"]),
+            results=r["results"], results_by_status=_counts(r), tests=_tests(r),
+            pass_rate=_pass_rate(r["tests_passed"], r["tests_failed"], r["tests_errored"]),
+            attempt_pass_rate=_pass_rate(r["passed"], r["failed"], r["errored"]),
             duration=s.Duration(mean_ms=_float(r["duration_mean"]), p95_ms=_float(r["duration_p95"])),
             top_failing_tests=_failing(top), top_failing_range=_range(_day_start(first), _day_start(last)),
         ))
@@ -387,8 +393,9 @@ async def trends(request: web.Request) -> web.Response:
         rows = await repo.trends(scope, p.bucket)
         buckets = [s.TrendBucket(
             start=r["bucket"], executions=r["executions"], executions_by_status=_exec_counts(r),
-            results=r["results"], results_by_status=_counts(r),
-            pass_rate=_pass_rate(r["passed"], r["failed"], r["errored"]),
+            results=r["results"], results_by_status=_counts(r), tests=_tests(r),
+            pass_rate=_pass_rate(r["tests_passed"], r["tests_failed"], r["tests_errored"]),
+            attempt_pass_rate=_pass_rate(r["passed"], r["failed"], r["errored"]),
             duration_p50_ms=_float(r["duration_p50"]), duration_p95_ms=_float(r["duration_p95"]),
         ) for r in rows]
         return _encoder.encode(s.Trends(project=scope.project, range=_range(scope.start, scope.end),
@@ -404,7 +411,12 @@ def execution_view(r) -> s.Execution:
         id=str(r["id"]), project=r["project"], name=r["name"], environment=r["environment"],
         branch=r["branch"], commit=r["commit_sha"], build_url=r["build_url"], status=r["status"],
         started_at=r["started_at"], finished_at=r["finished_at"], updated_at=r["updated_at"],
-        total=r["total"], counts=_counts(r), duration_ms=r["duration_ms"], attributes=r["attributes"] or {},
+        counts=s.AttemptCounts(total=r["total"], passed=r["passed"], failed=r["failed"], skipped=r["skipped"],
+                               error=r["errored"]),
+        tests=_tests(r), results_duration_ms=r["duration_ms"],
+        wall_duration_ms=(None if r["finished_at"] is None
+                          else int((r["finished_at"] - r["started_at"]).total_seconds() * 1000)),
+        total=r["total"], duration_ms=r["duration_ms"], attributes=r["attributes"] or {},
     )
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 
 class Range(msgspec.Struct, frozen=True):
@@ -16,10 +17,34 @@ class Range(msgspec.Struct, frozen=True):
 
 
 class Counts(msgspec.Struct, frozen=True):
+    """Attempts by status (a test retried twice counts three times)."""
+
     passed: int = 0
     failed: int = 0
     skipped: int = 0
     error: int = 0
+
+
+class AttemptCounts(msgspec.Struct, frozen=True):
+    """An execution's stored attempts by status, as ingest answers them."""
+
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    error: int = 0
+
+
+class Tests(msgspec.Struct, frozen=True):
+    """Distinct tests by the status of their final attempt; ``flaky``: passed after an earlier
+    attempt failed or errored (counted in ``passed`` too). Over several executions, the sums."""
+
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    error: int = 0
+    skipped: int = 0
+    flaky: int = 0
 
 
 class ExecutionCounts(msgspec.Struct, frozen=True):
@@ -54,9 +79,11 @@ class Overview(msgspec.Struct, frozen=True):
     branch: str | None
     executions: int
     executions_by_status: ExecutionCounts
-    results: int
-    results_by_status: Counts
-    pass_rate: float | None  # passed / (passed + failed + error); null without any
+    results: int  # attempts
+    results_by_status: Counts  # attempts
+    tests: Tests  # summed over the executions
+    pass_rate: float | None  # over tests' final attempts: passed / (passed + failed + error); null without any
+    attempt_pass_rate: float | None  # the same over every attempt
     duration: Duration
     top_failing_tests: list[FailingTest]
     top_failing_range: Range
@@ -66,9 +93,11 @@ class TrendBucket(msgspec.Struct, frozen=True):
     start: datetime
     executions: int
     executions_by_status: ExecutionCounts
-    results: int
-    results_by_status: Counts
-    pass_rate: float | None
+    results: int  # attempts
+    results_by_status: Counts  # attempts
+    tests: Tests
+    pass_rate: float | None  # over tests' final attempts
+    attempt_pass_rate: float | None
     duration_p50_ms: float | None
     duration_p95_ms: float | None
 
@@ -94,9 +123,13 @@ class Execution(msgspec.Struct, frozen=True):
     started_at: datetime
     finished_at: datetime | None
     updated_at: datetime
-    total: int
-    counts: Counts
-    duration_ms: int
+    counts: AttemptCounts  # per attempt
+    tests: Tests  # per test, by its final attempt
+    results_duration_ms: Annotated[int, Meta(description="the sum of the results' durations (ms)")]
+    wall_duration_ms: Annotated[int | None, Meta(description="finished_at - started_at (ms); null while running")]
+    total: Annotated[int, Meta(description="deprecated: counts.total", extra_json_schema={"deprecated": True})]
+    duration_ms: Annotated[int, Meta(description="deprecated: results_duration_ms",
+                                     extra_json_schema={"deprecated": True})]
     attributes: dict[str, Any] = {}
 
 

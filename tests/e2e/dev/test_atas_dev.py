@@ -152,6 +152,8 @@ async def test_import_junit_then_read_overview_and_stream(engines, request, tmp_
         assert overview["executions"] == 1
         assert overview["results"] == 7
         assert overview["results_by_status"] == {"passed": 5, "failed": 1, "skipped": 1, "error": 0}
+        assert overview["tests"] == {"total": 7, "passed": 5, "failed": 1, "error": 0, "skipped": 1, "flaky": 0}
+        assert overview["pass_rate"] == overview["attempt_pass_rate"] == round(5 / 6, 6)  # no reruns
         assert [t["name"] for t in overview["top_failing_tests"]] == ["test_fails"]
     finally:
         code = dev.stop(timeout=30)

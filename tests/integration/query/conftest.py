@@ -74,6 +74,19 @@ class Exec:
     def duration_ms(self) -> int:
         return sum(r.duration_ms for r in self.results)
 
+    def tests(self) -> dict[str, int]:
+        """The tests summary ingest keeps: distinct tests by their final attempt, plus flaky ones."""
+        attempts: dict[str, list[Row]] = {}
+        for r in self.results:
+            attempts.setdefault(r.test_id, []).append(r)
+        out = dict.fromkeys(("total", "passed", "failed", "error", "skipped", "flaky"), 0)
+        for rows in attempts.values():
+            final = max(rows, key=lambda r: r.attempt)
+            out["total"] += 1
+            out[final.status] += 1
+            out["flaky"] += final.status == "passed" and any(r.status in ("failed", "error") for r in rows)
+        return out
+
 
 class Dataset:
     """Generated executions and results, written to PostgreSQL and kept for recounts."""
@@ -121,11 +134,15 @@ class Dataset:
             async with conn.transaction():
                 await conn.executemany(
                     """INSERT INTO executions (id, project, name, environment, branch, commit_sha, status,
-                           started_at, finished_at, total, passed, failed, skipped, errored, duration_ms)
-                       VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)""",
+                           started_at, finished_at, total, passed, failed, skipped, errored, duration_ms,
+                           tests_total, tests_passed, tests_failed, tests_skipped, tests_errored, tests_flaky,
+                           max_attempt)
+                       VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)""",
                     [(e.id, e.project, e.name, e.environment, e.branch, e.commit, e.status, e.started_at,
                       e.finished_at, len(e.results), e.count("passed"), e.count("failed"), e.count("skipped"),
-                      e.count("error"), e.duration_ms) for e in executions])
+                      e.count("error"), e.duration_ms, *(e.tests()[k] for k in ("total", "passed", "failed",
+                                                                               "skipped", "error", "flaky")),
+                      max((r.attempt for r in e.results), default=1)) for e in executions])
                 await conn.copy_records_to_table(
                     "results", columns=RESULT_COLUMNS,
                     records=[(r.execution_started_at, r.execution_id, r.project, r.test_id, r.attempt, uuid.uuid4(),

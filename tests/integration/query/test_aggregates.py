@@ -78,8 +78,13 @@ async def test_overview_equals_a_recount(pg, redis_settings, token, populated, e
     results = [r for e in execs for r in e.results]
     assert body["results"] == len(results)
     by_status = {s: sum(1 for r in results if r.status == s) for s in ("passed", "failed", "skipped", "error")}
-    assert body["results_by_status"] == by_status
-    assert close(body["pass_rate"], by_status["passed"] / (by_status["passed"] + by_status["failed"] + by_status["error"]))
+    assert body["results_by_status"] == by_status  # per attempt
+    assert close(body["attempt_pass_rate"],
+                 by_status["passed"] / (by_status["passed"] + by_status["failed"] + by_status["error"]))
+    tests = {k: sum(e.tests()[k] for e in execs) for k in ("total", "passed", "failed", "error", "skipped", "flaky")}
+    assert body["tests"] == tests and tests["flaky"] > 0  # the dataset retries some failures into passes
+    assert close(body["pass_rate"], tests["passed"] / (tests["passed"] + tests["failed"] + tests["error"]))
+    assert body["pass_rate"] != body["attempt_pass_rate"]
     durations = [e.duration_ms for e in execs if e.status != "running"]
     assert close(body["duration"]["mean_ms"], sum(durations) / len(durations))
     assert close(body["duration"]["p95_ms"], percentile(durations, 0.95))
@@ -135,6 +140,11 @@ async def test_trends_equal_a_recount_per_bucket(pg, redis_settings, token, popu
         results = [r for e in execs for r in e.results]
         assert b["results"] == len(results)
         assert b["results_by_status"]["failed"] == sum(1 for r in results if r.status == "failed")
+        tests = {k: sum(e.tests()[k] for e in execs) for k in ("total", "passed", "failed", "error", "skipped",
+                                                                "flaky")}
+        assert b["tests"] == tests
+        judged = tests["passed"] + tests["failed"] + tests["error"]
+        assert close(b["pass_rate"], tests["passed"] / judged if judged else None)
         assert b["executions_by_status"]["running"] == sum(1 for e in execs if e.status == "running")
         durations = [e.duration_ms for e in execs if e.status != "running"]
         assert close(b["duration_p50_ms"], percentile(durations, 0.5))
@@ -236,8 +246,12 @@ async def test_execution_results_filter_by_status_and_page(pg, redis_settings, t
                                   headers={"Authorization": f"Bearer {token()}"})
         view = await status.json()
     assert got == expected
-    assert view["counts"] == {s: execution.count(s) for s in ("passed", "failed", "skipped", "error")}
-    assert view["status"] == execution.status and view["total"] == len(execution.results)
+    assert view["counts"] == {"total": len(execution.results),
+                              **{s: execution.count(s) for s in ("passed", "failed", "skipped", "error")}}
+    assert view["tests"] == execution.tests()
+    assert view["status"] == execution.status and view["total"] == len(execution.results)  # deprecated alias
+    assert view["results_duration_ms"] == view["duration_ms"] == execution.duration_ms
+    assert view["wall_duration_ms"] == (None if execution.finished_at is None else 5 * 60 * 1000)
 
 
 async def test_rollups_follow_deleted_results(pg, redis_settings, token, populated):

@@ -37,6 +37,31 @@ def test_pytest_report():
     assert ("sample_suite.TestGroup::test_in_class", 1) in results
 
 
+def test_pytest_rerunfailures_report_keeps_reruns_as_the_failures_they_were():
+    report = _parse("pytest-rerunfailures.xml")
+    results = _by_id(report)
+    # a flaky test: the rerun attempt (written without an outcome) did not pass, the second did
+    assert results[("rerun_suite::test_flaky_network", 1)].status == "failed"
+    assert "rerun" in results[("rerun_suite::test_flaky_network", 1)].error_message
+    assert results[("rerun_suite::test_flaky_network", 2)].status == "passed"
+    # failing on both attempts: the rerun takes the final status, the final keeps its own message
+    assert results[("rerun_suite::test_errors_in_setup", 1)].status == "error"
+    assert "fixture could not connect" in results[("rerun_suite::test_errors_in_setup", 2)].error_message
+    assert results[("rerun_suite::test_fails", 1)].status == results[("rerun_suite::test_fails", 2)].status == "failed"
+    # tests that ran once are untouched
+    assert results[("rerun_suite::test_passes", 1)].status == "passed"
+    assert ("rerun_suite::test_passes", 2) not in results
+    assert Counter(r.status for r in report.results) == {"passed": 7, "failed": 8, "error": 2, "skipped": 2}
+
+
+def test_a_passing_test_repeated_in_another_suite_stays_a_pass():
+    report = parse_junit(b"""<testsuites>
+      <testsuite name="unit"><testcase classname="m" name="t"/></testsuite>
+      <testsuite name="again"><testcase classname="m" name="t"><failure message="x"/></testcase></testsuite>
+    </testsuites>""")
+    assert [(r.attempt, r.status) for r in report.results] == [(1, "passed"), (2, "failed")]
+
+
 def test_surefire_report_keeps_reruns_as_attempts():
     report = _parse("surefire.xml")
     results = _by_id(report)
