@@ -25,6 +25,49 @@ def test_bad_redis_port_stops_start_up_naming_the_variable():
     assert "REDIS_PORT must be an integer" in proc.stderr
 
 
+@pytest.mark.parametrize(("service", "variable", "value", "problem"), [
+    ("ingest", "INGEST_MAX_BATCH", "abc", "must be an integer, got 'abc'"),
+    ("query", "QUERY_MAX_PAGE_SIZE", "9999", "must be between 1 and 200, got 9999"),
+    ("stream", "STREAM_HEARTBEAT_SECONDS", "soon", "must be a finite number, got 'soon'"),
+])
+def test_a_bad_service_variable_is_one_line_and_exit_2_before_anything_starts(service, variable, value, problem):
+    """Service configs are parsed by the entry point: no traceback, nothing started (the
+    database and Kafka named here do not exist, so a start would hang or fail differently)."""
+    env = {**os.environ, "DB_URL": "postgresql://h/db", "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+           "JWT_SECRET": "s" * 32, variable: value}
+    proc = subprocess.run([sys.executable, "-m", "atas.cli.main", "serve", service], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"atas: {variable} {problem}"]
+
+
+def test_every_bad_variable_of_atas_dev_is_named_at_once(tmp_path):
+    env = {**os.environ, "INGEST_MAX_BATCH": "0", "QUERY_MAX_RANGE_DAYS": "x", "STREAM_CLIENT_QUEUE": "-1",
+           "HEALTH_LOOP_STALL_SECONDS": "never"}
+    env.pop("DB_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "atas.cli.main", "dev", "--data-dir", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 4, lines
+    for name in ("INGEST_MAX_BATCH", "QUERY_MAX_RANGE_DAYS", "STREAM_CLIENT_QUEUE", "HEALTH_LOOP_STALL_SECONDS"):
+        assert sum(line.startswith(f"atas: {name} ") for line in lines) == 1, (name, lines)
+    assert not (tmp_path / "stack").exists(), "the embedded PostgreSQL was started before the check"
+
+
+def test_the_stream_service_needs_no_database_url():
+    """DB_URL unset: stream starts (stopped here by a bad variable of its own, after the common
+    settings passed), where ingest refuses for DB_URL."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "k:9092", "JWT_SECRET": "s" * 32, "STREAM_RETRY_MS": "x"}
+    env.pop("DB_URL", None)
+    stream = subprocess.run([sys.executable, "-m", "atas.cli.main", "serve", "stream"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert stream.stderr.splitlines() == ["atas: STREAM_RETRY_MS must be an integer, got 'x'"]
+    ingest = subprocess.run([sys.executable, "-m", "atas.cli.main", "serve", "ingest"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert ingest.returncode == 2 and "atas: DB_URL is required but not set" in ingest.stderr.splitlines()
+
+
 SLOW_APP = textwrap.dedent("""
     import asyncio, sys
     from aiohttp import web
