@@ -60,17 +60,19 @@ async def idle(heartbeat: Heartbeat | _NoBeat, seconds: float, *wake: asyncio.Ev
     """Sleep ``seconds`` or until one of ``wake`` is set, beating meanwhile (a loop waiting on
     purpose is not stuck). Returns whether an event woke it."""
     deadline = time.monotonic() + seconds
+    # Often enough for any bound (tests use seconds), never busier than every IDLE_BEAT_S.
+    step = min(IDLE_BEAT_S, getattr(heartbeat, "stall_s", IDLE_BEAT_S) / 4)
     while True:
         heartbeat.beat()
         left = deadline - time.monotonic()
         if left <= 0:
             return False
         if not wake:
-            await asyncio.sleep(min(left, IDLE_BEAT_S))
+            await asyncio.sleep(min(left, step))
             continue
         waiters = [asyncio.ensure_future(e.wait()) for e in wake]
         try:
-            done, _ = await asyncio.wait(waiters, timeout=min(left, IDLE_BEAT_S),
+            done, _ = await asyncio.wait(waiters, timeout=min(left, step),
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
