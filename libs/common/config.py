@@ -351,7 +351,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
     )
     settings_port = e.int("PORT", _DEFAULTS.port, lo=1, hi=65535)
     drain = e.float("SHUTDOWN_DRAIN_SECONDS", _DEFAULTS.drain_seconds)
-    loop_stall_s = e.float("HEALTH_LOOP_STALL_SECONDS", _DEFAULTS.loop_stall_s, lo=1.0)
+    # At least 10 s: the slowest-beating loop when all is well (Pub/Sub, one PING every 5 s) must
+    # never look stuck.
+    loop_stall_s = e.float("HEALTH_LOOP_STALL_SECONDS", _DEFAULTS.loop_stall_s, lo=10.0)
     log_level = (e.str("LOG_LEVEL", _DEFAULTS.log_level) or _DEFAULTS.log_level).lower()
     if log_level not in ("debug", "info", "warning", "error"):
         e.problems.append(f"LOG_LEVEL must be one of debug, info, warning, error, got {log_level!r}")
