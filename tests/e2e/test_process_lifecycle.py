@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -134,3 +135,49 @@ def test_sigterm_during_a_slow_request_lets_it_finish(tmp_path):
         out_file.close()
     out = log.read_text()
     assert "draining in-flight requests" in out and '"stopped"' in out
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.parametrize("command", ["migrate", "topic"])
+def test_jobs_stop_on_sigterm_as_pid_1(command):
+    """A Kubernetes Job's container runs `atas migrate` / `atas topic` as PID 1, where a signal
+    without a handler is ignored: SIGTERM must still stop them (here while they wait for a server
+    that accepts connections and never answers)."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    port = silent.getsockname()[1]
+    env = {**os.environ, "DB_URL": f"postgresql://u@127.0.0.1:{port}/db",
+           "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "LOG_LEVEL": "warning"}
+    try:
+        proc = subprocess.Popen(["unshare", "--pid", "--fork", sys.executable, "-m", "atas.cli.main", command],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as exc:
+        pytest.skip(f"unshare unavailable: {exc}")
+    try:
+        deadline = time.monotonic() + 10
+        while not (kids := _children(proc.pid)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            pytest.skip(f"no PID namespace here: {proc.communicate()[1][-300:]}")
+        assert kids, "the command did not start"
+        time.sleep(2)  # started, and waiting for the server
+        assert proc.poll() is None, proc.communicate()
+        os.kill(kids[0], signal.SIGTERM)
+        _out, err = proc.communicate(timeout=10)
+        assert f"atas: {command} stopped by SIGTERM" in err
+        assert proc.returncode == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        silent.close()
