@@ -470,12 +470,16 @@ class Hub:
         while True:
             beat.beat()
             await asyncio.sleep(interval)
-            now, wall = time.monotonic(), time.time()
-            for group in self.clients.values():
-                for c in group:
-                    if c.waiter is not None and (now - c.last_write >= heartbeat_s or c.needs_sync
-                                                 or (c.expires_at is not None and wall >= c.expires_at)):
-                        c.wake()
+            await self.wake_due(heartbeat_s)
+
+    async def wake_due(self, heartbeat_s: float) -> None:
+        """One turn of :meth:`tick` (a coroutine so that the loop's step is one awaitable)."""
+        now, wall = time.monotonic(), time.time()
+        for group in self.clients.values():
+            for c in group:
+                if c.waiter is not None and (now - c.last_write >= heartbeat_s or c.needs_sync
+                                             or (c.expires_at is not None and wall >= c.expires_at)):
+                    c.wake()
 
     def all_clients(self) -> list[Client]:
         return [c for group in self.clients.values() for c in group]

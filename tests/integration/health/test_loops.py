@@ -79,6 +79,7 @@ LOOPS = [
     ("query", "query-rollups", "atas.query.rollups:drain"),
     ("query", "query-invalidator", "atas.query.invalidation:Invalidator._invalidate"),
     ("stream", "stream-bridge", "atas.stream.history:MemoryHistory.append"),
+    ("stream", "stream-ticker", "atas.stream.fanout:Hub.wake_due"),
 ]
 
 
@@ -146,3 +147,17 @@ async def test_a_relay_waiting_for_an_unreachable_kafka_stays_healthy_and_asks_f
             await asyncio.sleep(0.25)
         assert ingest_metrics.OUTBOX_AGE._value.get() > 0, "the backlog was sampled while failing"
         assert ingest_metrics.OUTBOX_BACKLOG._value.get() == 0
+
+
+@pytest.mark.redis
+async def test_a_pubsub_connection_stuck_in_its_handshake_fails_healthz(redis_settings, monkeypatch):
+    gate = asyncio.Event()
+    _freeze(monkeypatch, "atas.stream.fanout:RedisFanout._handshake", gate)
+    settings = make_settings(redis=redis_settings, loop_stall_s=STALL_S)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(gate.set)
+        client = await stack.enter_async_context(serve("stream", settings))
+        body = await wait_health(client, 503, timeout=STALL_S + 10)
+        assert body["stuck"] == ["stream-pubsub"], body
+        gate.set()
+        await wait_health(client, 200, timeout=10)
