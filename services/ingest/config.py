@@ -43,10 +43,6 @@ class IngestConfig(msgspec.Struct, frozen=True):
     # How often to create the next months' result partitions (the call is idempotent).
     partition_interval_s: float = 86_400.0
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "IngestConfig":
-        return load_config(env)
-
 
 def load_config(env: Mapping[str, str] | None = None) -> IngestConfig:
     """Read ``INGEST_*`` variables (defaults are the struct's); raise :class:`ConfigError` naming

@@ -76,6 +76,3 @@ def load_config(env: Mapping[str, str] | None = None) -> QueryConfig:
         raise ConfigError(e.problems)
     return config
 
-
-# The name the query service used first; the entry point calls load_config.
-load_query_config = load_config

@@ -27,7 +27,9 @@ SERVICES = ("ingest", "query", "stream")
 # client-side CLI tools (token, dev, load, ...) and the client library.
 _RUNTIME_DIRS = [ROOT / "libs" / "common", ROOT / "services"]
 _RUNTIME_CLI = [ROOT / "libs" / "cli" / n for n in ("main.py", "common.py", "serve.py", "migrate.py")]
-_NOT_RUNTIME = {ROOT / "libs" / "common" / "stack.py"}
+# The local stack (development and tests only, never in a pod).
+_NOT_RUNTIME = {ROOT / "libs" / "common" / n for n in ("stack.py", "stack_proc.py", "stack_postgres.py",
+                                                       "stack_kafka.py", "ports.py")}
 
 
 def _name_arg(call: ast.Call) -> str | None:
