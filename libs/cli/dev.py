@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_run(settings, configs, args, data_dir, embedded_pg=stack is not None))
     finally:
         if stack is not None:
-            print("[atas dev] stopping the embedded PostgreSQL (data kept in "
-                  f"{data_dir / 'stack'})", file=sys.stderr)
+            kept = stack.load_state().get("postgres", {}).get("data") or data_dir / "stack"
+            print(f"[atas dev] stopping the embedded PostgreSQL (data kept in {kept})", file=sys.stderr)
             stack.down()
 
 
