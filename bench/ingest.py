@@ -259,11 +259,13 @@ async def run(args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="atas-bench-") as tmp:
         tmp_path = Path(tmp)
-        # Stack.up runs its own event loop (asyncio.run): give it a thread of its own.
-        env = await asyncio.to_thread(servers, tmp_path / "stack")
-        dsn = await create_database(parse_db_url(env["DB_URL"]), f"atas_bench_{secrets.token_hex(4)}", migrate=True)
-        server = None
+        server = dsn = None
         try:
+            # Stack.up blocks: a thread of its own, off the event loop. A failed start stops what it
+            # started itself; the finally below stops a stack that did start.
+            env = await asyncio.to_thread(servers, tmp_path / "stack")
+            dsn = await create_database(parse_db_url(env["DB_URL"]), f"atas_bench_{secrets.token_hex(4)}",
+                                        migrate=True)
             results = make_results(args.rows)
             topic = f"atas.events.bench-{secrets.token_hex(3)}"
             server = Server({"DB_URL": dsn, "KAFKA_BOOTSTRAP_SERVERS": env["KAFKA_BOOTSTRAP_SERVERS"],
@@ -298,7 +300,8 @@ async def run(args: argparse.Namespace) -> dict:
         finally:
             if server is not None:
                 server.stop()
-            await drop_database(dsn)
+            if dsn is not None:
+                await drop_database(dsn)
             if (tmp_path / "stack" / "state.json").exists():
                 from atas.common.stack import Stack
 

@@ -498,9 +498,8 @@ async def explain(dsn: str, range_days: int, path: Path) -> None:
     path.write_text("\n".join(out))
 
 
-async def main_async(args) -> dict:
-    env, stack = servers_env()
-    try:
+async def main_async(args, env: dict[str, str]) -> dict:
+    if True:  # (the servers are started, and stopped, by main(), outside the event loop)
         server_dsn = parse_db_url(env["DB_URL"], env.get("DB_USER"), env.get("DB_PASSWORD"))
         dsn = server_dsn.rsplit("/", 1)[0] + "/" + DB_NAME
         admin = await asyncpg.connect(server_dsn)
@@ -549,7 +548,12 @@ async def main_async(args) -> dict:
             from atas.common.stack import Stack
 
             redis_stack = Stack(Path(tempfile.mkdtemp(prefix="atas-bench-query-redis-")))
-            env = {**env, **{k: v for k, v in redis_stack.up(["redis"]).items() if k.startswith("REDIS_")}}
+            try:
+                redis_env = await asyncio.to_thread(redis_stack.up, ["redis"])  # blocking: off the loop
+            except BaseException:
+                redis_stack.down(purge=True)
+                raise
+            env = {**env, **{k: v for k, v in redis_env.items() if k.startswith("REDIS_")}}
         pod_env = {**env, "DB_URL": dsn, "LOG_LEVEL": "warning", "REDIS_POOL_MAX_ACTIVE": "32",
                    "REDIS_POOL_MAX_IDLE": "32", "CACHE_TTL_OVERVIEW": "600", "CACHE_TTL_TRENDS": "600"}
         logs = Path(tempfile.mkdtemp(prefix="atas-bench-query-logs-"))
@@ -566,9 +570,6 @@ async def main_async(args) -> dict:
             if redis_stack is not None:
                 redis_stack.down(purge=True)
         return {**result, **info}
-    finally:
-        if stack is not None:
-            stack.down(purge=True)
 
 
 def main() -> int:
@@ -590,7 +591,14 @@ def main() -> int:
     parser.add_argument("--explain", type=Path, default=None, metavar="PATH",
                         help="also write EXPLAIN ANALYZE of the heavy reads to PATH (markdown)")
     args = parser.parse_args()
-    result = asyncio.run(main_async(args))
+    # The private stack starts before the event loop does (Stack.up blocks) and is stopped
+    # whatever happens after, Ctrl-C included.
+    env, stack = servers_env()
+    try:
+        result = asyncio.run(main_async(args, env))
+    finally:
+        if stack is not None:
+            stack.down(purge=True)
     print(json.dumps(result))
     return 0
 

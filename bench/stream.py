@@ -458,7 +458,7 @@ class PublishWatch:
             await client.aclose()
 
 
-async def bench(args) -> dict:
+async def bench(args, env: dict[str, str]) -> dict:
     import aiohttp
 
     from atas.common.auth import mint_token
@@ -470,7 +470,6 @@ async def bench(args) -> dict:
     nofile = raise_nofile()
     if nofile < args.clients + 1000:
         say(f"warning: RLIMIT_NOFILE is {nofile}; {args.clients} clients may not fit")
-    env, stack = servers_env()
     run_id = uuid.uuid4().hex[:8]
     secret = env.get("JWT_SECRET") or "bench-secret-" + "x" * 32
     base_dsn = parse_db_url(env["DB_URL"], env.get("DB_USER"), env.get("DB_PASSWORD"))
@@ -658,8 +657,6 @@ async def bench(args) -> dict:
         bridge.stop()
         ingest.stop()
         await drop_database(dsn)
-        if stack is not None:
-            stack.down(purge=True)
 
 
 def main() -> int:
@@ -689,7 +686,14 @@ def main() -> int:
         return asyncio.run(worker_main(args))
     if not 1 <= args.clients <= 10_000:
         parser.error("--clients must be between 1 and 10000")
-    result = asyncio.run(bench(args))
+    # The private stack starts before the event loop does (Stack.up blocks) and is stopped
+    # whatever happens after, Ctrl-C included.
+    env, stack = servers_env()
+    try:
+        result = asyncio.run(bench(args, env))
+    finally:
+        if stack is not None:
+            stack.down(purge=True)
     print(json.dumps(result))
     return 0
 

@@ -60,7 +60,7 @@ def _dev_secret(data_dir: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from atas.common.config import ConfigError, load_settings
+    from atas.cli.common import configs_or_exit
     from atas.common.logging import configure_logging
     from atas.common.stack import Stack, StackError
 
@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         env["JWT_SECRET"] = _dev_secret(data_dir)
     if args.port:
         env["PORT"] = str(args.port)
+    # Every variable is checked before anything starts (the embedded PostgreSQL included); the
+    # database URL is filled in below, once the embedded server is up.
+    settings, configs = configs_or_exit(SERVICES, mode="dev", env=env)
     stack = None
     if not env.get("DB_URL"):
         stack = Stack(data_dir / "stack")
@@ -80,21 +83,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"atas: {exc}", file=sys.stderr)
             return 1
     try:
-        try:
-            settings = load_settings(env, mode="dev")
-        except ConfigError as exc:
-            print(f"atas: {exc}", file=sys.stderr)
-            return 2
+        if stack is not None:
+            settings, _ = configs_or_exit((), mode="dev", env=env)
         configure_logging(settings.log_level, service="dev")
-        return asyncio.run(_run(settings, args, data_dir, embedded_pg=stack is not None))
+        return asyncio.run(_run(settings, configs, args, data_dir, embedded_pg=stack is not None))
     finally:
         if stack is not None:
-            print("[atas dev] stopping the embedded PostgreSQL (data kept in "
-                  f"{data_dir / 'stack'})", file=sys.stderr)
+            kept = stack.load_state().get("postgres", {}).get("data") or data_dir / "stack"
+            print(f"[atas dev] stopping the embedded PostgreSQL (data kept in {kept})", file=sys.stderr)
             stack.down()
 
 
-async def _run(settings, args, data_dir: Path, *, embedded_pg: bool) -> int:
+async def _run(settings, configs: dict, args, data_dir: Path, *, embedded_pg: bool) -> int:
     from atas.common.app import create_app, serve
     from atas.common.auth import mint_token
     from atas.common.engines import install_engines
@@ -106,12 +106,12 @@ async def _run(settings, args, data_dir: Path, *, embedded_pg: bool) -> int:
         print(f"atas: migration refused: {exc}", file=sys.stderr)
         return 3
     modules = [importlib.import_module(f"atas.{svc}.app") for svc in SERVICES]
-    max_size = max((m.client_max_size(settings) for m in modules if hasattr(m, "client_max_size")),
-                   default=1024 ** 2)
+    max_size = max((m.client_max_size(configs[svc]) for svc, m in zip(SERVICES, modules)
+                    if hasattr(m, "client_max_size")), default=1024 ** 2)
     app = create_app(settings, "dev", client_max_size=max_size)
     install_engines(app, application_name="atas-dev")
-    for module in modules:
-        module.setup(app)
+    for svc, module in zip(SERVICES, modules):
+        module.setup(app, configs[svc])
     # Retention once a day (RETENTION_DAYS), as the atas-retention CronJob does in Kubernetes.
     from atas.common.retention_task import daily_retention
 

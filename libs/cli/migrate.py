@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 
@@ -41,14 +40,20 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, service="migrate")
     from atas.common.db import UNAVAILABLE_ERRORS
 
-    try:
-        applied = asyncio.run(migrate_dsn(settings.db.dsn))
-    except MigrationError as exc:
-        print(f"atas: migration refused: {exc}", file=sys.stderr)
-        return 3
-    except UNAVAILABLE_ERRORS as exc:
-        print(f"atas: cannot reach the database at {settings.db.redacted()}: {type(exc).__name__}: {exc}; "
-              "check DB_URL and that PostgreSQL is up", file=sys.stderr)
-        return 1
-    print(f"migrations up to date ({len(applied)} applied now)", file=sys.stderr)
-    return 0
+    from .common import run_until_signalled
+
+    async def apply() -> int:
+        try:
+            applied = await migrate_dsn(settings.db.dsn)
+        except MigrationError as exc:
+            print(f"atas: migration refused: {exc}", file=sys.stderr)
+            return 3
+        except UNAVAILABLE_ERRORS as exc:
+            print(f"atas: cannot reach the database at {settings.db.redacted()}: {type(exc).__name__}: {exc}; "
+                  "check DB_URL and that PostgreSQL is up", file=sys.stderr)
+            return 1
+        print(f"migrations up to date ({len(applied)} applied now)", file=sys.stderr)
+        return 0
+
+    # A Job's PID 1: SIGTERM must stop it (the migration in progress rolls back).
+    return run_until_signalled(apply(), "migrate")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import sys
 
 SERVICES = ("ingest", "query", "stream")
 
@@ -24,16 +25,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# The stream service never touches PostgreSQL: it is started without a pool (and DB_URL, shared
+# in the ConfigMap, is ignored), so a database outage cannot take live connections down.
+USES_DB = {"ingest": True, "query": True, "stream": False}
+
+
 def run(args: argparse.Namespace) -> int:
-    from atas.cli.common import settings_or_exit
+    import msgspec
+
+    from atas.cli.common import configs_or_exit
     from atas.common.logging import configure_logging
 
-    settings = settings_or_exit("serve", need_db=True)
+    uses_db = USES_DB[args.service]
+    if args.migrate and not uses_db:
+        print(f"atas: --migrate: the {args.service} service does not use the database", file=sys.stderr)
+        return 2
+    settings, configs = configs_or_exit([args.service], mode="serve", need_db=uses_db)
+    if not uses_db:
+        settings = msgspec.structs.replace(settings, db=None)
     configure_logging(settings.log_level, service=args.service)
-    return asyncio.run(_serve(settings, args))
+    return asyncio.run(_serve(settings, configs[args.service], args))
 
 
-async def _serve(settings, args) -> int:
+async def _serve(settings, config, args) -> int:
     from atas.common.app import create_app, serve
     from atas.common.engines import install_engines
     from atas.common.logging import get_logger
@@ -50,8 +64,8 @@ async def _serve(settings, args) -> int:
         log.info("migrations up to date", applied=len(applied))
     max_size = getattr(module, "client_max_size", None)
     app = create_app(settings, args.service,
-                     client_max_size=max_size(settings) if max_size else 1024 ** 2)
+                     client_max_size=max_size(config) if max_size else 1024 ** 2)
     install_engines(app, application_name=f"atas-{args.service}")
-    module.setup(app)
+    module.setup(app, config)
     await serve(app, host=args.host, port=args.port or settings.port, drain_seconds=settings.drain_seconds)
     return 0

@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from atas.common.logging import configure_logging
 
     configure_logging(settings.log_level, service="topic")
-    return asyncio.run(_ensure(settings.kafka, args))
+    from .common import run_until_signalled
+
+    return run_until_signalled(_ensure(settings.kafka, args), "topic")  # a Job's PID 1: SIGTERM stops it
 
 
 async def _ensure(kafka, args: argparse.Namespace) -> int:

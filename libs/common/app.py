@@ -1,7 +1,8 @@
 """The aiohttp skeleton every service shares.
 
-* ``/healthz`` (the process is alive), ``/readyz`` (its dependencies answer and it is not draining),
-  ``/metrics`` (Prometheus);
+* ``/healthz`` (the process is alive and none of its background loops is stuck: see
+  :mod:`atas.common.heartbeat`), ``/readyz`` (the dependencies this service cannot answer without
+  answer, its schema is migrated, and it is not draining), ``/metrics`` (Prometheus);
 * a request id per request (``X-Request-ID`` when sent), bound into every log line;
 * JSON errors for everything, including aiohttp's own 404/405/413, and 503 + ``Retry-After`` when
   PostgreSQL is unreachable;
@@ -28,6 +29,7 @@ from . import metrics
 from .config import Settings
 from .db import UNAVAILABLE_ERRORS
 from .errors import ApiError, json_error
+from .heartbeat import Heartbeat
 from .logging import get_logger, request_id_var
 
 log = get_logger(__name__)
@@ -39,6 +41,7 @@ SERVICE = web.AppKey("atas_service", str)
 READINESS_CHECKS = web.AppKey("atas_readiness_checks", dict)
 DRAINING = web.AppKey("atas_draining", asyncio.Event)
 OPENAPI = web.AppKey("atas_openapi", dict)
+HEARTBEATS = web.AppKey("atas_heartbeats", dict)  # loop name -> Heartbeat
 
 _RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _encoder = msgspec.json.Encoder()
@@ -113,7 +116,18 @@ async def request_middleware(request: web.Request, handler):
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "service": request.app[SERVICE]})
+    """Alive unless a background loop is stuck: 503 naming it, so the liveness probe restarts
+    the pod (a stuck relay or bridge would otherwise leave it "healthy" while events stop)."""
+    now = time.monotonic()
+    beats: dict[str, Heartbeat] = request.app[HEARTBEATS]
+    loops = {name: round(hb.silent_for(now), 1) for name, hb in beats.items()}
+    stuck = sorted(name for name, hb in beats.items() if hb.stalled(now))
+    body = {"status": "stuck" if stuck else "ok", "service": request.app[SERVICE], "loops": loops}
+    if stuck:
+        body["stuck"] = stuck
+        log.error("background loop stuck; failing /healthz", loops=stuck,
+                  bound_s=request.app[SETTINGS].loop_stall_s)
+    return web.json_response(body, status=503 if stuck else 200)
 
 
 async def _run_check(check: ReadinessCheck) -> str:
@@ -173,6 +187,7 @@ def create_app(settings: Settings, service: str, *, client_max_size: int = 1024 
     app[SERVICE] = service
     app[READINESS_CHECKS] = {}
     app[DRAINING] = asyncio.Event()
+    app[HEARTBEATS] = {}
     app[OPENAPI] = {
         "openapi": "3.1.0",
         "info": {"title": f"ATAS {service}", "version": "1"},
@@ -191,6 +206,19 @@ def create_app(settings: Settings, service: str, *, client_max_size: int = 1024 
 
 def add_readiness_check(app: web.Application, name: str, check: ReadinessCheck) -> None:
     app[READINESS_CHECKS][name] = check
+
+
+def add_heartbeat(app: web.Application, name: str) -> Heartbeat:
+    """A heartbeat ``/healthz`` watches, for the loop ``name`` (start it when the loop starts)."""
+    heartbeat = Heartbeat(name, app[SETTINGS].loop_stall_s)
+    app[HEARTBEATS][name] = heartbeat
+    return heartbeat
+
+
+def drop_heartbeat(app: web.Application, heartbeat: Heartbeat) -> None:
+    """The loop stopped on purpose (shutdown): no longer watched."""
+    if app[HEARTBEATS].get(heartbeat.name) is heartbeat:
+        del app[HEARTBEATS][heartbeat.name]
 
 
 async def serve(app: web.Application, *, host: str = "0.0.0.0", port: int = 8080,

@@ -86,8 +86,19 @@ class Settings(msgspec.Struct, frozen=True):
     drain_seconds: float = 20.0
     log_level: str = "info"
     mode: Literal["serve", "dev"] = "serve"
+    # A background loop (relay, bridge, invalidator, rollup worker, ...) without a heartbeat for
+    # this long is stuck: /healthz answers 503 and Kubernetes restarts the pod. Every call those
+    # loops make is bounded far below it (the longest: a 15 s publish wait after a 30 s back-off).
+    loop_stall_s: float = 120.0
     # Days of executions, results and per-test rollup days kept (`atas retention`, docs/deploy.md).
     retention_days: int = 90
+
+
+# Defaults are written once, in the structs above; the loader reads them from these instances.
+_DB = DatabaseSettings(dsn="")
+_REDIS = RedisSettings(host="")
+_TTL = CacheTtls()
+_DEFAULTS = Settings(db=None, redis=None, kafka=None, jwt_secret="")
 
 
 class EnvReader:
@@ -253,9 +264,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
         else:
             db = DatabaseSettings(
                 dsn=dsn,
-                pool_min=e.int("DB_POOL_MIN", 2, lo=0, hi=1000),
-                pool_max=e.int("DB_POOL_MAX", 10, lo=1, hi=1000),
-                statement_timeout_ms=e.int("DB_STATEMENT_TIMEOUT_MS", 30_000, lo=0),
+                pool_min=e.int("DB_POOL_MIN", _DB.pool_min, lo=0, hi=1000),
+                pool_max=e.int("DB_POOL_MAX", _DB.pool_max, lo=1, hi=1000),
+                statement_timeout_ms=e.int("DB_STATEMENT_TIMEOUT_MS", _DB.statement_timeout_ms, lo=0),
             )
             if db.pool_min > db.pool_max:
                 e.problems.append(f"DB_POOL_MIN ({db.pool_min}) must not exceed DB_POOL_MAX ({db.pool_max})")
@@ -263,11 +274,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
     redis: RedisSettings | None = None
     redis_host = e.str("REDIS_HOST", "atas-redis" if serve else None)
     # REDIS_PORT is validated even when Redis is not used, so a typo never goes unnoticed.
-    redis_port = e.int("REDIS_PORT", 6379, lo=1, hi=65535)
-    timeout_ms = e.int("REDIS_TIMEOUT", 2000, lo=1)
-    max_active = e.int("REDIS_POOL_MAX_ACTIVE", 8, lo=1, hi=10_000)
-    max_idle = e.int("REDIS_POOL_MAX_IDLE", 8, lo=0, hi=10_000)
-    min_idle = e.int("REDIS_POOL_MIN_IDLE", 0, lo=0, hi=10_000)
+    redis_port = e.int("REDIS_PORT", _REDIS.port, lo=1, hi=65535)
+    timeout_ms = e.int("REDIS_TIMEOUT", _REDIS.timeout_ms, lo=1)
+    max_active = e.int("REDIS_POOL_MAX_ACTIVE", _REDIS.pool_max_active, lo=1, hi=10_000)
+    max_idle = e.int("REDIS_POOL_MAX_IDLE", _REDIS.pool_max_idle, lo=0, hi=10_000)
+    min_idle = e.int("REDIS_POOL_MIN_IDLE", _REDIS.pool_min_idle, lo=0, hi=10_000)
     if min_idle > max_idle:
         e.problems.append(f"REDIS_POOL_MIN_IDLE ({min_idle}) must not exceed REDIS_POOL_MAX_IDLE ({max_idle})")
     if max_idle > max_active:
@@ -335,16 +346,19 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
         )
 
     ttl = CacheTtls(
-        overview=e.int("CACHE_TTL_OVERVIEW", 60, lo=0),
-        recent=e.int("CACHE_TTL_RECENT", 30, lo=0),
-        trends=e.int("CACHE_TTL_TRENDS", 300, lo=0),
-        status=e.int("CACHE_TTL_STATUS", 10, lo=0),
+        overview=e.int("CACHE_TTL_OVERVIEW", _TTL.overview, lo=0),
+        recent=e.int("CACHE_TTL_RECENT", _TTL.recent, lo=0),
+        trends=e.int("CACHE_TTL_TRENDS", _TTL.trends, lo=0),
+        status=e.int("CACHE_TTL_STATUS", _TTL.status, lo=0),
     )
-    settings_port = e.int("PORT", 8080, lo=1, hi=65535)
-    drain = e.float("SHUTDOWN_DRAIN_SECONDS", 20.0)
+    settings_port = e.int("PORT", _DEFAULTS.port, lo=1, hi=65535)
+    drain = e.float("SHUTDOWN_DRAIN_SECONDS", _DEFAULTS.drain_seconds)
+    # At least 10 s: the slowest-beating loop when all is well (Pub/Sub, one PING every 5 s) must
+    # never look stuck.
+    loop_stall_s = e.float("HEALTH_LOOP_STALL_SECONDS", _DEFAULTS.loop_stall_s, lo=10.0)
     # Up to 100 years: a bigger horizon is "keep everything", and its date arithmetic overflows.
-    retention_days = e.int("RETENTION_DAYS", 90, lo=1, hi=36_500)
-    log_level = (e.str("LOG_LEVEL", "info") or "info").lower()
+    retention_days = e.int("RETENTION_DAYS", _DEFAULTS.retention_days, lo=1, hi=36_500)
+    log_level = (e.str("LOG_LEVEL", _DEFAULTS.log_level) or _DEFAULTS.log_level).lower()
     if log_level not in ("debug", "info", "warning", "error"):
         e.problems.append(f"LOG_LEVEL must be one of debug, info, warning, error, got {log_level!r}")
         log_level = "info"
@@ -353,5 +367,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
         raise ConfigError(e.problems)
     return Settings(
         db=db, redis=redis, kafka=kafka, jwt_secret=jwt_secret, port=settings_port, cache_ttl=ttl,
-        drain_seconds=drain, log_level=log_level, mode=mode, retention_days=retention_days,
+        drain_seconds=drain, log_level=log_level, mode=mode, loop_stall_s=loop_stall_s,
+        retention_days=retention_days,
     )

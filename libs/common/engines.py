@@ -17,9 +17,10 @@ from redis.asyncio import Redis
 from .app import SETTINGS, add_readiness_check
 from .bus import EventBus, KafkaBus, MemoryBus
 from .config import Settings
-from .db import create_pool, ping
+from .db import create_pool
 from .db import warm_pool as warm_db_pool
 from .logging import get_logger
+from .probe import PgProbe, versions_needed
 from .redis import create_redis
 from .redis import warm_pool as warm_redis_pool
 
@@ -31,6 +32,7 @@ class Engines:
     bus: EventBus
     pool: asyncpg.Pool | None = None
     redis: Redis | None = None
+    probe: PgProbe | None = None  # readiness, on a connection of its own (not the request pool)
     extras: dict = field(default_factory=dict)  # per-seam in-process engines (dev mode)
 
     @property
@@ -76,14 +78,36 @@ def install_engines(app: web.Application, *, application_name: str, bus: EventBu
             await engines.redis.aclose()
         if engines.pool is not None:
             await engines.pool.close()
+        if engines.probe is not None:
+            await engines.probe.close()
 
     app.cleanup_ctx.append(ctx)
 
-    async def db_ready() -> None:
-        if engines.pool is None:
-            raise RuntimeError("database pool not open")
-        await ping(engines.pool)
-
+    # Only a process given a database (ingest, query, atas dev) depends on it: the stream service
+    # is started without one and stays ready through a PostgreSQL outage.
     if settings.db is not None:
-        add_readiness_check(app, "postgres", db_ready)
+        engines.probe = PgProbe(settings.db.dsn, application_name=application_name)
+        add_readiness_check(app, "postgres", engines.probe.ping)
     return engines
+
+
+def add_schema_gate(app: web.Application, role: str) -> None:
+    """Not ready until every migration ``role`` depends on is applied (see :mod:`.probe`)."""
+    engines: Engines = app[ENGINES]
+    if engines.probe is None:
+        return
+    probe = engines.probe
+    needed = versions_needed(role)
+    applied = False
+
+    async def schema_ready() -> None:
+        nonlocal applied
+        if applied:  # migrations are never undone under a running process
+            return
+        missing = await probe.missing_versions(needed)
+        if missing:
+            raise RuntimeError(f"{role} needs migrations {', '.join(f'V{v:03d}' for v in missing)}: "
+                               "run `atas migrate`")
+        applied = True
+
+    add_readiness_check(app, f"{role}_schema", schema_ready)

@@ -24,3 +24,8 @@ READY = Gauge("atas_ready", "1 when the process reports ready, 0 while draining 
 
 def render() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
+LOOP_LAST_BEAT = Gauge(
+    "atas_loop_last_beat_timestamp_seconds",
+    "Unix time of each background loop's last heartbeat; /healthz fails when one is older than "
+    "HEALTH_LOOP_STALL_SECONDS", ["loop"],
+)

@@ -7,6 +7,7 @@ data), strings are bounded, timestamps must carry a timezone. Decoding errors na
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -186,6 +187,19 @@ def _too_long(value: str | None, field: str, limit: int) -> tuple[str, str] | No
     return None
 
 
+# Control characters (C0, DEL, C1): a test id is an identifier people read, search and paste into
+# URLs; a tab, newline or escape in one is a harness bug that would show up as look-alike ids.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _control(value: str, field: str) -> tuple[str, str] | None:
+    found = CONTROL_CHARS.search(value)
+    if found is not None:
+        return field, (f"`{field}` contains the control character U+{ord(found.group()):04X} at position "
+                       f"{found.start()}; test ids must be printable")
+    return None
+
+
 def _out_of_range(value: datetime | None, field: str) -> tuple[str, str] | None:
     if value is not None and not EARLIEST <= value < LATEST:
         return field, (f"`{field}` {value.isoformat()} is outside {EARLIEST.year}..{LATEST.year - 1}; "
@@ -204,6 +218,7 @@ def limit_problem(value: Any) -> tuple[str, str] | None:
         limit = KEY_BYTES["test_id"]
         for i, result in enumerate(value.results):
             problem = (_too_long(result.test_id, f"results[{i}].test_id", limit)
+                       or _control(result.test_id, f"results[{i}].test_id")
                        or _out_of_range(result.started_at, f"results[{i}].started_at"))
             if problem is not None:
                 return problem

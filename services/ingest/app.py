@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from atas.common.app import SETTINGS, add_openapi, add_readiness_check
+from atas.common.app import SETTINGS, add_heartbeat, add_openapi, drop_heartbeat
 from atas.common.config import Settings
-from atas.common.engines import ENGINES
+from atas.common.engines import ENGINES, add_schema_gate
+from atas.common.heartbeat import NO_BEAT, Heartbeat, idle
 from atas.common.logging import get_logger
 
 from . import openapi
@@ -23,8 +24,6 @@ from .routes import INGEST_CONFIG, add_routes
 
 log = get_logger(__name__)
 
-# The newest migration this code needs (V014: the tests summary columns of executions).
-REQUIRED_SCHEMA_VERSION = 14
 # Months of result partitions kept ready behind and ahead of now (see V001).
 PARTITIONS_BACK, PARTITIONS_AHEAD = 1, 3
 _PARTITION_RETRY_S = 60.0
@@ -35,15 +34,14 @@ class IngestState:
     """Mutable per-app state (the app itself is frozen once it starts)."""
 
     relay: OutboxRelay | None = None
-    schema_ok: bool = False
 
 
 INGEST_STATE = web.AppKey("atas_ingest_state", IngestState)
 
 
-def client_max_size(settings: Settings) -> int:
+def client_max_size(config: IngestConfig) -> int:
     """The body limit of an ingest-only app (INGEST_MAX_BODY_BYTES)."""
-    return IngestConfig.from_env().max_body_bytes
+    return config.max_body_bytes
 
 
 # Creating a partition locks `results` exclusively; behind a long query that lock would wait, and
@@ -60,9 +58,10 @@ async def ensure_partitions(pool, back: int, ahead: int) -> int:
             return await conn.fetchval("SELECT atas_ensure_result_partitions($1, $2)", back, ahead)
 
 
-async def _keep_partitions(app: web.Application, interval_s: float) -> None:
+async def _keep_partitions(app: web.Application, interval_s: float, heartbeat: Heartbeat = NO_BEAT) -> None:
     """Create the coming months' result partitions now and every ``interval_s`` (idempotent)."""
     while True:
+        heartbeat.beat()
         pool = app[ENGINES].pool
         delay = interval_s
         try:
@@ -74,45 +73,39 @@ async def _keep_partitions(app: web.Application, interval_s: float) -> None:
         except Exception as exc:  # noqa: BLE001 - PostgreSQL down at start: retry soon, don't crash
             log.warning("could not ensure result partitions; retrying", error=f"{type(exc).__name__}: {exc}")
             delay = min(interval_s, _PARTITION_RETRY_S)
-        await asyncio.sleep(delay)
+        await idle(heartbeat, delay)
 
 
 def setup(app: web.Application, config: IngestConfig | None = None) -> None:
-    """Add the ingest API, its OpenAPI fragment, the outbox relay and partition upkeep to ``app``."""
-    config = config or IngestConfig.from_env()
+    """Add the ingest API, its OpenAPI fragment, the outbox relay and partition upkeep to ``app``.
+
+    ``config`` is parsed by the entry point (``atas serve``, ``atas dev``); without one, the defaults.
+    """
+    config = config if config is not None else IngestConfig()
     app[INGEST_CONFIG] = config
     state = app[INGEST_STATE] = IngestState()
     add_routes(app)
     add_openapi(app, openapi.fragment(config))
-
-    async def schema_ready() -> None:
-        """Not ready until the migrations this code writes against are applied (`atas migrate`)."""
-        if state.schema_ok:
-            return
-        pool = app[ENGINES].pool
-        if pool is None:
-            raise RuntimeError("database pool not open")
-        version = await pool.fetchval("SELECT max(version) FROM atas_schema_history WHERE version < 20")
-        if (version or 0) < REQUIRED_SCHEMA_VERSION:
-            raise RuntimeError(f"database schema is at V{version or 0:03d}, ingest needs "
-                               f"V{REQUIRED_SCHEMA_VERSION:03d}: run `atas migrate`")
-        state.schema_ok = True
-
-    if app[SETTINGS].db is not None:
-        add_readiness_check(app, "ingest_schema", schema_ready)
+    # Not ready until the migrations this code writes against (V001, V01x) are applied.
+    add_schema_gate(app, "ingest")
 
     async def background(app_: web.Application):
         settings: Settings = app_[SETTINGS]
         engines = app_[ENGINES]
         partitions = None
+        beats = []
         if settings.db is not None:
-            partitions = asyncio.create_task(_keep_partitions(app_, config.partition_interval_s),
+            beats.append(add_heartbeat(app_, "ingest-partitions"))
+            partitions = asyncio.create_task(_keep_partitions(app_, config.partition_interval_s, beats[-1]),
                                              name="ingest-partitions")
             if config.relay_enabled:
+                beats.append(add_heartbeat(app_, "outbox-relay"))
                 state.relay = OutboxRelay(pool=lambda: engines.pool, dsn=settings.db.dsn, bus=engines.bus,
-                                          config=config)
+                                          config=config, heartbeat=beats[-1])
                 state.relay.start()
         yield
+        for beat in beats:
+            drop_heartbeat(app_, beat)
         if partitions is not None:
             partitions.cancel()
             await asyncio.gather(partitions, return_exceptions=True)

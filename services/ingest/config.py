@@ -43,22 +43,26 @@ class IngestConfig(msgspec.Struct, frozen=True):
     # How often to create the next months' result partitions (the call is idempotent).
     partition_interval_s: float = 86_400.0
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "IngestConfig":
-        e = EnvReader(os.environ if env is None else env)
-        config = cls(
-            max_batch=e.int("INGEST_MAX_BATCH", 1000, lo=1, hi=100_000),
-            max_body_bytes=e.int("INGEST_MAX_BODY_BYTES", 10 * 1024 * 1024, lo=1024),
-            max_clock_skew_s=e.int("INGEST_MAX_CLOCK_SKEW_SECONDS", 86_400, lo=0),
-            event_max_failed=e.int("INGEST_EVENT_MAX_FAILED", 100, lo=0, hi=10_000),
-            relay_batch=e.int("INGEST_RELAY_BATCH", 500, lo=1, hi=10_000),
-            relay_poll_s=e.float("INGEST_RELAY_POLL_SECONDS", 1.0, lo=0.01),
-            relay_linger_s=e.float("INGEST_RELAY_LINGER_SECONDS", 0.02, lo=0.0),
-            relay_backoff_max_s=e.float("INGEST_RELAY_BACKOFF_MAX_SECONDS", 30.0, lo=0.1),
-            relay_publish_timeout_s=e.float("INGEST_RELAY_PUBLISH_TIMEOUT_SECONDS", 15.0, lo=0.1),
-            relay_enabled=e.bool("INGEST_RELAY_ENABLED", True),
-            partition_interval_s=e.float("INGEST_PARTITION_INTERVAL_SECONDS", 86_400.0, lo=1.0),
-        )
-        if e.problems:
-            raise ConfigError(e.problems)
-        return config
+
+def load_config(env: Mapping[str, str] | None = None) -> IngestConfig:
+    """Read ``INGEST_*`` variables (defaults are the struct's); raise :class:`ConfigError` naming
+    each bad one. Called once, by the entry point (``atas serve``, ``atas dev``)."""
+    e = EnvReader(os.environ if env is None else env)
+    d = IngestConfig()
+    config = IngestConfig(
+        max_batch=e.int("INGEST_MAX_BATCH", d.max_batch, lo=1, hi=100_000),
+        max_body_bytes=e.int("INGEST_MAX_BODY_BYTES", d.max_body_bytes, lo=1024),
+        max_clock_skew_s=e.int("INGEST_MAX_CLOCK_SKEW_SECONDS", d.max_clock_skew_s, lo=0),
+        event_max_failed=e.int("INGEST_EVENT_MAX_FAILED", d.event_max_failed, lo=0, hi=10_000),
+        relay_batch=e.int("INGEST_RELAY_BATCH", d.relay_batch, lo=1, hi=10_000),
+        relay_poll_s=e.float("INGEST_RELAY_POLL_SECONDS", d.relay_poll_s, lo=0.01),
+        relay_linger_s=e.float("INGEST_RELAY_LINGER_SECONDS", d.relay_linger_s, lo=0.0),
+        relay_backoff_max_s=e.float("INGEST_RELAY_BACKOFF_MAX_SECONDS", d.relay_backoff_max_s, lo=0.1),
+        relay_publish_timeout_s=e.float("INGEST_RELAY_PUBLISH_TIMEOUT_SECONDS", d.relay_publish_timeout_s,
+                                        lo=0.1),
+        relay_enabled=e.bool("INGEST_RELAY_ENABLED", d.relay_enabled),
+        partition_interval_s=e.float("INGEST_PARTITION_INTERVAL_SECONDS", d.partition_interval_s, lo=1.0),
+    )
+    if e.problems:
+        raise ConfigError(e.problems)
+    return config

@@ -39,7 +39,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from atas.common.errors import ApiError
-from atas.common.schemas import EARLIEST, KEY_BYTES, LATEST, ResultIn
+from atas.common.schemas import CONTROL_CHARS, EARLIEST, KEY_BYTES, LATEST, ResultIn
 
 _MAX_LABEL = 1024
 _MAX_MESSAGE = 65_536
@@ -109,8 +109,9 @@ def _label(value: str, limit: int = _MAX_LABEL) -> str:
 
 
 def _test_id(value: str) -> str:
-    """An id within the index-key budget: 1,024 characters and 1,024 UTF-8 bytes."""
-    value = _label(value)
+    """An id within the index-key budget (1,024 characters and 1,024 UTF-8 bytes), printable: a
+    report's line breaks or tabs in a name become spaces (the JSON API refuses them instead)."""
+    value = _label(CONTROL_CHARS.sub(" ", value))
     limit = KEY_BYTES["test_id"]
     if len(value) * 4 > limit and len(value.encode()) > limit:
         value = value.encode()[:limit].decode(errors="ignore")

@@ -12,7 +12,9 @@ later batch may overtake an earlier one, which is what the per-execution ``seq``
 The relay sleeps until PostgreSQL NOTIFYs ``atas_outbox`` (a trigger fires on every outbox insert)
 or the polling interval passes, whichever comes first. While Kafka (or PostgreSQL) fails, it backs
 off exponentially with full jitter, capped, and catches up when the dependency returns; requests
-keep committing into the outbox meanwhile. Backlog size and age are exported as metrics.
+keep committing into the outbox meanwhile. Backlog size and age are exported as metrics; the size
+(what the ingest HPA scales on) reads 0 while the relay cannot reach Kafka, since more ingest pods
+cannot publish either, while the age keeps growing for the alert.
 
 Kafka's idempotent producer never expires a batch: while the broker is away a publish simply does
 not return. A round therefore waits ``relay_publish_timeout_s`` at most, then commits the claim
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from atas.common.bus import EventBus, EventPublisher, PublishError
+from atas.common.heartbeat import NO_BEAT, Heartbeat, idle
 from atas.common.logging import get_logger
 
 from . import metrics
@@ -77,7 +80,7 @@ class OutboxRelay:
     """Relays the outbox to ``bus`` until :meth:`stop`. Start it once per process."""
 
     def __init__(self, *, pool: Callable[[], asyncpg.Pool | None], dsn: str, bus: EventBus,
-                 config: IngestConfig, client_id: str = "atas-ingest-relay"):
+                 config: IngestConfig, client_id: str = "atas-ingest-relay", heartbeat: Heartbeat = NO_BEAT):
         self._pool = pool
         self._dsn = dsn
         self._bus = bus
@@ -89,6 +92,9 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._failures = 0
+        self._heartbeat = heartbeat
+        # Kafka does not acknowledge: the backlog is not a shortage of relays (see _sample_backlog).
+        self._publish_failing = False
         self._last_sample = 0.0
         self._in_flight: _InFlight | None = None
         self.published = 0  # events acknowledged by the bus and deleted, since start
@@ -119,6 +125,7 @@ class OutboxRelay:
     async def _run(self) -> None:
         log.info("outbox relay started", topic=self._bus.topic, batch=self._config.relay_batch)
         while not self._stopping.is_set():
+            self._heartbeat.beat()
             await self._sample_backlog()
             try:
                 await self._ensure_publisher()
@@ -129,6 +136,9 @@ class OutboxRelay:
                 self._failures += 1
                 delay = backoff_delay(self._failures, self._config.relay_backoff_max_s)
                 stage = "publish" if isinstance(exc, PublishError) else "database"
+                if stage == "publish" and not self._publish_failing:
+                    self._publish_failing = True
+                    metrics.OUTBOX_BACKLOG.set(0)
                 metrics.RELAY_FAILURES.labels(stage).inc()
                 # Log the first failure and then every tenth, not every attempt of a long outage.
                 if self._failures == 1 or self._failures % 10 == 0:
@@ -139,6 +149,9 @@ class OutboxRelay:
             if self._failures:
                 log.info("outbox relay recovered", after_failures=self._failures)
                 self._failures = 0
+            if self._publish_failing:
+                self._publish_failing = False
+                self._last_sample = 0.0  # report the real backlog again at the next turn
             if relayed < self._config.relay_batch:
                 await self._sleep(self._config.relay_poll_s, wake_on_notify=True)
                 # Linger only under concurrency: when the last round already carried several
@@ -150,15 +163,11 @@ class OutboxRelay:
         log.info("outbox relay stopped", published=self.published)
 
     async def _sleep(self, seconds: float, *, wake_on_notify: bool) -> None:
-        waiters = [asyncio.ensure_future(self._stopping.wait())]
+        """Wait (beating: waiting on purpose is not being stuck) until stopped, or woken by NOTIFY."""
         if wake_on_notify:
-            waiters.append(asyncio.ensure_future(self._wake.wait()))
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+            await idle(self._heartbeat, seconds, self._stopping, self._wake)
+        else:
+            await idle(self._heartbeat, seconds, self._stopping)
 
     async def relay_once(self) -> int:
         """Claim, publish and delete one batch; returns how many events were relayed.
@@ -308,5 +317,7 @@ class OutboxRelay:
         except Exception as exc:  # noqa: BLE001 - a metric must not stop the relay
             log.debug("backlog sample failed", error=f"{type(exc).__name__}: {exc}")
             return
-        metrics.OUTBOX_BACKLOG.set(count)
+        # The HPA scales ingest on this. While Kafka does not acknowledge, more pods would only
+        # add relays that fail the same way (up to the HPA's maximum, for the whole outage): 0.
+        metrics.OUTBOX_BACKLOG.set(0 if self._publish_failing else count)
         metrics.OUTBOX_AGE.set(float(age))

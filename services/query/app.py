@@ -12,12 +12,12 @@ import contextlib
 
 from aiohttp import web
 
-from atas.common.app import add_openapi
-from atas.common.engines import ENGINES
+from atas.common.app import add_heartbeat, add_openapi, drop_heartbeat
+from atas.common.engines import ENGINES, add_schema_gate
 from atas.common.logging import get_logger
 
 from .cache import MemoryCacheEngine, RedisCacheEngine, ResponseCache
-from .config import QueryConfig, load_query_config
+from .config import QueryConfig
 from .invalidation import Invalidator
 from .openapi import fragment
 from .repository import QueryRepository
@@ -33,8 +33,9 @@ def setup(app: web.Application, config: QueryConfig | None = None) -> None:
     """Register the query routes, the cache engine and the invalidation consumer on ``app``.
 
     ``install_engines`` must have run on ``app`` first (its context opens the pool and Redis).
+    ``config`` is parsed by the entry point (``atas serve``, ``atas dev``); without one, the defaults.
     """
-    config = config or load_query_config()
+    config = config if config is not None else QueryConfig()
     state = QueryState(config, ResponseCache(MemoryCacheEngine(config.memory_cache_entries),
                                              lock_ttl_ms=config.lock_ttl_ms, retry_ms=config.redis_retry_ms,
                                              near_ms=config.near_cache_ms))
@@ -42,6 +43,8 @@ def setup(app: web.Application, config: QueryConfig | None = None) -> None:
     for path, handler in ROUTES:
         app.router.add_get(path, handler, allow_head=False)
     add_openapi(app, fragment())
+    # Not ready until the rollup tables (V020) and the ingest tables it reads are migrated.
+    add_schema_gate(app, "query")
 
     async def context(app_: web.Application):
         engines = app_[ENGINES]
@@ -50,19 +53,25 @@ def setup(app: web.Application, config: QueryConfig | None = None) -> None:
         if engines.pool is not None:
             state.repo = QueryRepository(engines.pool)
         tasks = []
+        beats = []
         stop = asyncio.Event()
         if engines.pool is not None:
             # After each round, the per-test answers of the projects it touched are invalidated.
+            beats.append(add_heartbeat(app_, "query-rollups"))
             worker = RollupWorker(engines.pool, interval_s=config.rollup_interval_ms / 1000,
-                                  batch=config.rollup_batch, on_applied=state.cache.rollups_applied)
+                                  batch=config.rollup_batch, on_applied=state.cache.rollups_applied,
+                                  heartbeat=beats[-1])
             tasks.append(asyncio.create_task(worker.run(stop), name="atas-query-rollups"))
         if config.invalidation_enabled:
-            invalidator = Invalidator(engines.bus, state.cache)
+            beats.append(add_heartbeat(app_, "query-invalidator"))
+            invalidator = Invalidator(engines.bus, state.cache, heartbeat=beats[-1])
             state.invalidator = invalidator
             tasks.append(asyncio.create_task(invalidator.run(stop), name="atas-query-invalidator"))
         log.info("query service ready", cache="redis" if engines.redis is not None else "in-process",
                  invalidation=config.invalidation_enabled)
         yield
+        for beat in beats:
+            drop_heartbeat(app_, beat)
         stop.set()
         for task in tasks:
             try:

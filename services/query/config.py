@@ -48,22 +48,23 @@ class QueryConfig(msgspec.Struct, frozen=True):
     invalidation_enabled: bool = True
 
 
-def load_query_config(env: Mapping[str, str] | None = None) -> QueryConfig:
+def load_config(env: Mapping[str, str] | None = None) -> QueryConfig:
     """Read :class:`QueryConfig` from the environment, or raise :class:`ConfigError`."""
     e = EnvReader(os.environ if env is None else env)
+    d = QueryConfig()  # the defaults live in the struct, once
     config = QueryConfig(
-        max_range_days=e.int("QUERY_MAX_RANGE_DAYS", 400, lo=1, hi=3660),
-        default_range_days=e.int("QUERY_DEFAULT_RANGE_DAYS", 7, lo=1, hi=3660),
-        default_page_size=e.int("QUERY_DEFAULT_PAGE_SIZE", 50, lo=1, hi=200),
-        max_page_size=e.int("QUERY_MAX_PAGE_SIZE", 200, lo=1, hi=200),
-        cache_ttl_tests=e.int("CACHE_TTL_TESTS", 120, lo=0),
-        lock_ttl_ms=e.int("QUERY_CACHE_LOCK_MS", 5000, lo=100, hi=120_000),
-        redis_retry_ms=e.int("QUERY_REDIS_RETRY_MS", 1000, lo=0, hi=60_000),
-        near_cache_ms=e.int("QUERY_NEAR_CACHE_MS", 1000, lo=0, hi=60_000),
-        memory_cache_entries=e.int("QUERY_MEMORY_CACHE_ENTRIES", 10_000, lo=1),
-        rollup_interval_ms=e.int("QUERY_ROLLUP_INTERVAL_MS", 500, lo=10, hi=600_000),
-        rollup_batch=e.int("QUERY_ROLLUP_BATCH", 1000, lo=1, hi=100_000),
-        invalidation_enabled=e.bool("QUERY_INVALIDATION", True),
+        max_range_days=e.int("QUERY_MAX_RANGE_DAYS", d.max_range_days, lo=1, hi=3660),
+        default_range_days=e.int("QUERY_DEFAULT_RANGE_DAYS", d.default_range_days, lo=1, hi=3660),
+        default_page_size=e.int("QUERY_DEFAULT_PAGE_SIZE", d.default_page_size, lo=1, hi=200),
+        max_page_size=e.int("QUERY_MAX_PAGE_SIZE", d.max_page_size, lo=1, hi=200),
+        cache_ttl_tests=e.int("CACHE_TTL_TESTS", d.cache_ttl_tests, lo=0),
+        lock_ttl_ms=e.int("QUERY_CACHE_LOCK_MS", d.lock_ttl_ms, lo=100, hi=120_000),
+        redis_retry_ms=e.int("QUERY_REDIS_RETRY_MS", d.redis_retry_ms, lo=0, hi=60_000),
+        near_cache_ms=e.int("QUERY_NEAR_CACHE_MS", d.near_cache_ms, lo=0, hi=60_000),
+        memory_cache_entries=e.int("QUERY_MEMORY_CACHE_ENTRIES", d.memory_cache_entries, lo=1),
+        rollup_interval_ms=e.int("QUERY_ROLLUP_INTERVAL_MS", d.rollup_interval_ms, lo=10, hi=600_000),
+        rollup_batch=e.int("QUERY_ROLLUP_BATCH", d.rollup_batch, lo=1, hi=100_000),
+        invalidation_enabled=e.bool("QUERY_INVALIDATION", d.invalidation_enabled),
     )
     if config.default_range_days > config.max_range_days:
         e.problems.append(f"QUERY_DEFAULT_RANGE_DAYS ({config.default_range_days}) must not exceed "
@@ -74,3 +75,4 @@ def load_query_config(env: Mapping[str, str] | None = None) -> QueryConfig:
     if e.problems:
         raise ConfigError(e.problems)
     return config
+

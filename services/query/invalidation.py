@@ -22,6 +22,7 @@ import msgspec
 
 from atas.common.bus import EventBus, Message
 from atas.common.events import decode_event
+from atas.common.heartbeat import NO_BEAT, Heartbeat, idle
 from atas.common.logging import get_logger
 
 from . import metrics
@@ -58,7 +59,8 @@ def stale_keys(messages: Iterable[Message]) -> tuple[list[str], int]:
 class Invalidator:
     """Runs the consumer until ``stop`` is set; ``processed`` counts events handled (for tests)."""
 
-    def __init__(self, bus: EventBus, cache: ResponseCache, *, group: str = GROUP):
+    def __init__(self, bus: EventBus, cache: ResponseCache, *, group: str = GROUP, heartbeat: Heartbeat = NO_BEAT):
+        self._heartbeat = heartbeat
         self._bus = bus
         self._cache = cache
         self._group = group
@@ -69,14 +71,12 @@ class Invalidator:
         return self._subscription is not None and self._subscription.assigned()
 
     async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
+        await idle(self._heartbeat, seconds, stop)
 
     async def run(self, stop: asyncio.Event) -> None:
         delay = RETRY_FIRST_S
         while not stop.is_set():
+            self._heartbeat.beat()
             subscription = self._bus.subscription(self._group, client_id="atas-query")
             try:
                 await subscription.start()
@@ -99,6 +99,7 @@ class Invalidator:
 
     async def _consume(self, subscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._heartbeat.beat()
             messages = await subscription.poll(POLL_TIMEOUT_S)
             if not messages:
                 continue

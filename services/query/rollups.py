@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import asyncpg
 
 from atas.common.db import UNAVAILABLE_ERRORS
+from atas.common.heartbeat import NO_BEAT, Heartbeat, idle
 from atas.common.logging import get_logger
 
 from . import metrics
@@ -117,7 +118,9 @@ class RollupWorker:
     """Runs :func:`drain` every ``interval_s`` until stopped, then hands the projects it touched to
     ``on_applied`` (the cache); errors are logged and retried, projects not yet handed over too."""
 
-    def __init__(self, pool: asyncpg.Pool, *, interval_s: float, batch: int, on_applied: OnApplied | None = None):
+    def __init__(self, pool: asyncpg.Pool, *, interval_s: float, batch: int, on_applied: OnApplied | None = None,
+                 heartbeat: Heartbeat = NO_BEAT):
+        self._heartbeat = heartbeat
         self._pool = pool
         self._interval_s = interval_s
         self._batch = batch
@@ -147,6 +150,7 @@ class RollupWorker:
     async def run(self, stop: asyncio.Event) -> None:
         failing = False
         while not stop.is_set():
+            self._heartbeat.beat()
             started = time.perf_counter()
             try:
                 applied = await drain(self._pool, self._batch, self._pending, after_round=self._publish)
@@ -166,10 +170,7 @@ class RollupWorker:
                     metrics.ROLLUP_SECONDS.observe(time.perf_counter() - started)
             # Also after a failed round: rounds before it may have committed deltas.
             await self._publish()
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
-            except TimeoutError:
-                pass
+            await idle(self._heartbeat, self._interval_s, stop)
 
 
 async def settle(pool: asyncpg.Pool, batch: int = 1000, timeout_s: float = 60.0,

@@ -13,14 +13,14 @@ import contextlib
 
 from aiohttp import web
 
-from atas.common.app import SETTINGS, add_openapi
+from atas.common.app import HEARTBEATS, SETTINGS, add_heartbeat, add_openapi, drop_heartbeat
 from atas.common.bus import KafkaBus
 from atas.common.engines import ENGINES
 from atas.common.logging import get_logger
 from atas.common.redis import create_redis
 
 from .bridge import Bridge
-from .config import StreamConfig, load_config
+from .config import StreamConfig
 from .fanout import MemoryFanout, RedisFanout
 from .history import MemoryHistory, RedisHistory
 from .openapi import FRAGMENT
@@ -32,8 +32,14 @@ log = get_logger(__name__)
 
 
 def setup(app: web.Application, config: StreamConfig | None = None) -> None:
-    """Add the stream service to ``app`` (made by ``create_app``, with engines installed)."""
-    state = StreamState(config=config or load_config())
+    """Add the stream service to ``app`` (made by ``create_app``, with engines installed).
+
+    ``config`` is parsed by the entry point (``atas serve``, ``atas dev``); without one, the defaults.
+    No readiness check of its own: it answers without PostgreSQL (it never uses it) and without
+    Redis (a degraded mode: live updates reach this pod's clients only), and a stream pod taken out
+    of the balancer would drop every live connection it holds.
+    """
+    state = StreamState(config=config if config is not None else StreamConfig())
     app[STREAM] = state
     app.router.add_get("/v1/stream", stream)
     app.cleanup_ctx.append(_lifecycle)
@@ -53,12 +59,13 @@ async def _lifecycle(app: web.Application):
     if engines.redis is not None and settings.redis is not None:
         state.history = redis_history(engines.redis)
         state.fanout = RedisFanout(settings.redis, state.hub, channel_prefix=cfg.redis_prefix + "c:",
-                                   linger_s=cfg.unsubscribe_linger_s)
+                                   linger_s=cfg.unsubscribe_linger_s, heartbeat=add_heartbeat(app, "stream-pubsub"))
     else:
         state.history = MemoryHistory(max_len=cfg.history_max_len, publish=state.hub.deliver_one)
         state.fanout = MemoryFanout(state.hub)
     state.hub.fanout = state.fanout
-    state.ticker = asyncio.create_task(state.hub.tick(cfg.heartbeat_s), name="stream-ticker")
+    state.ticker = asyncio.create_task(state.hub.tick(cfg.heartbeat_s, add_heartbeat(app, "stream-ticker")),
+                                       name="stream-ticker")
     await state.fanout.start()
     if cfg.bridge_enabled:
         thread_history = None
@@ -68,13 +75,17 @@ async def _lifecycle(app: web.Application):
                 return redis_history(redis), redis.aclose
         state.bridge = Bridge(engines.bus, state.history, state.hub, group=cfg.bridge_group,
                               batch=cfg.bridge_batch, new_group_since_s=cfg.dedupe_ttl_s,
-                              thread_history=thread_history)
+                              thread_history=thread_history, heartbeat=add_heartbeat(app, "stream-bridge"))
         await state.bridge.start()
     log.info("stream service ready", history="redis" if engines.redis is not None else "in-process",
              bridge=cfg.bridge_enabled, max_connections=cfg.max_connections)
     try:
         yield
     finally:
+        for name in ("stream-pubsub", "stream-ticker", "stream-bridge"):
+            beat = app[HEARTBEATS].get(name)
+            if beat is not None:
+                drop_heartbeat(app, beat)
         for task in (state.closer, state.ticker):
             if task is not None:
                 task.cancel()

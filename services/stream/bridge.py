@@ -29,6 +29,7 @@ import msgspec
 
 from atas.common.bus import EventBus, EventSubscription, Message
 from atas.common.events import decode_event
+from atas.common.heartbeat import NO_BEAT, Heartbeat
 from atas.common.logging import get_logger
 
 from . import metrics
@@ -56,7 +57,8 @@ class Bridge:
 
     def __init__(self, bus: EventBus, history: History, hub: Hub, *, group: str, batch: int,
                  client_id: str = "atas-stream", new_group_since_s: float | None = None,
-                 thread_history: Callable[[], tuple[History, Callable]] | None = None):
+                 thread_history: Callable[[], tuple[History, Callable]] | None = None,
+                 heartbeat: Heartbeat = NO_BEAT):
         """``new_group_since_s``: where the group has no committed offset (its first deployment,
         or offsets expired), start at the events of the last this many seconds rather than at the
         end: the stream pods may come up after ingest has published. Keep it within the
@@ -64,6 +66,7 @@ class Bridge:
         ``thread_history``: run on a thread of its own, with the history this makes there
         (and the coroutine function that closes it); else on the caller's event loop."""
         self._bus = bus
+        self._heartbeat = heartbeat  # beaten from the bridge's thread: a float store, thread-safe
         self._history = history
         self._hub = hub
         self._thread_history = thread_history
@@ -152,6 +155,7 @@ class Bridge:
     async def _run(self) -> None:
         backoff = 0.5
         while True:
+            self._heartbeat.beat()
             sub = self._bus.subscription(self._group, client_id=self._client_id,
                                          since_s=self._new_group_since_s)
             try:
@@ -183,6 +187,7 @@ class Bridge:
 
     async def _consume(self, sub: EventSubscription) -> None:
         while True:
+            self._heartbeat.beat()
             if len(self._pending) < self.MAX_PENDING:
                 messages = await sub.poll(self.POLL_S, self._batch)
             else:

@@ -57,24 +57,25 @@ class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
 def load_config(env: Mapping[str, str] | None = None) -> StreamConfig:
     """Read ``STREAM_*`` variables; raise :class:`ConfigError` naming each bad one."""
     e = EnvReader(os.environ if env is None else env)
-    bridge_enabled = e.bool("STREAM_BRIDGE_ENABLED", True)
+    d = StreamConfig()  # the defaults live in the struct, once
+    bridge_enabled = e.bool("STREAM_BRIDGE_ENABLED", d.bridge_enabled)
     config = StreamConfig(
-        history_max_len=e.int("STREAM_HISTORY_MAX_LEN", 10_000, lo=1, hi=10_000_000),
-        history_ttl_s=e.int("STREAM_HISTORY_TTL_SECONDS", 86_400, lo=1),
-        dedupe_ttl_s=e.int("STREAM_DEDUPE_TTL_SECONDS", 3_600, lo=1),
-        heartbeat_s=e.float("STREAM_HEARTBEAT_SECONDS", 15.0, lo=0.05),
-        retry_ms=e.int("STREAM_RETRY_MS", 2_000, lo=0),
-        client_queue=e.int("STREAM_CLIENT_QUEUE", 1_000, lo=1),
-        max_connections=e.int("STREAM_MAX_CONNECTIONS", 10_000, lo=1),
-        retry_after_s=e.int("STREAM_RETRY_AFTER_SECONDS", 5, lo=1),
-        close_spread_s=e.float("STREAM_CLOSE_SPREAD_SECONDS", 10.0),
-        write_timeout_s=e.float("STREAM_WRITE_TIMEOUT_SECONDS", 10.0, lo=0.1),
-        replay_page=e.int("STREAM_REPLAY_PAGE", 500, lo=1, hi=10_000),
-        unsubscribe_linger_s=e.float("STREAM_UNSUBSCRIBE_LINGER_SECONDS", 30.0),
-        bridge_group=e.str("STREAM_BRIDGE_GROUP", "atas-stream-bridge") or "atas-stream-bridge",
-        bridge_batch=e.int("STREAM_BRIDGE_BATCH", 500, lo=1, hi=10_000),
+        history_max_len=e.int("STREAM_HISTORY_MAX_LEN", d.history_max_len, lo=1, hi=10_000_000),
+        history_ttl_s=e.int("STREAM_HISTORY_TTL_SECONDS", d.history_ttl_s, lo=1),
+        dedupe_ttl_s=e.int("STREAM_DEDUPE_TTL_SECONDS", d.dedupe_ttl_s, lo=1),
+        heartbeat_s=e.float("STREAM_HEARTBEAT_SECONDS", d.heartbeat_s, lo=0.05),
+        retry_ms=e.int("STREAM_RETRY_MS", d.retry_ms, lo=0),
+        client_queue=e.int("STREAM_CLIENT_QUEUE", d.client_queue, lo=1),
+        max_connections=e.int("STREAM_MAX_CONNECTIONS", d.max_connections, lo=1),
+        retry_after_s=e.int("STREAM_RETRY_AFTER_SECONDS", d.retry_after_s, lo=1),
+        close_spread_s=e.float("STREAM_CLOSE_SPREAD_SECONDS", d.close_spread_s),
+        write_timeout_s=e.float("STREAM_WRITE_TIMEOUT_SECONDS", d.write_timeout_s, lo=0.1),
+        replay_page=e.int("STREAM_REPLAY_PAGE", d.replay_page, lo=1, hi=10_000),
+        unsubscribe_linger_s=e.float("STREAM_UNSUBSCRIBE_LINGER_SECONDS", d.unsubscribe_linger_s),
+        bridge_group=e.str("STREAM_BRIDGE_GROUP", d.bridge_group) or d.bridge_group,
+        bridge_batch=e.int("STREAM_BRIDGE_BATCH", d.bridge_batch, lo=1, hi=10_000),
         bridge_enabled=bridge_enabled,
-        redis_prefix=e.str("STREAM_REDIS_PREFIX", "atas:stream:") or "atas:stream:",
+        redis_prefix=e.str("STREAM_REDIS_PREFIX", d.redis_prefix) or d.redis_prefix,
     )
     if e.problems:
         raise ConfigError(e.problems)

@@ -25,8 +25,9 @@ from typing import Protocol
 import msgspec
 
 from atas.common.config import RedisSettings
-from atas.common.redis import ssl_context
+from atas.common.heartbeat import NO_BEAT, Heartbeat, idle
 from atas.common.logging import get_logger
+from atas.common.redis import ssl_context
 
 from . import metrics
 from .history import ZERO, Event, Pos
@@ -460,20 +461,25 @@ class Hub:
             for client in group:
                 client.needs_sync = True
 
-    async def tick(self, heartbeat_s: float) -> None:
+    async def tick(self, heartbeat_s: float, beat: Heartbeat = NO_BEAT) -> None:
         """Wake writers that owe a heartbeat, whose token expired, or that wait to catch up.
 
         One loop for every client instead of a timer per client and wait.
         """
         interval = min(1.0, heartbeat_s / 2)
         while True:
+            beat.beat()
             await asyncio.sleep(interval)
-            now, wall = time.monotonic(), time.time()
-            for group in self.clients.values():
-                for c in group:
-                    if c.waiter is not None and (now - c.last_write >= heartbeat_s or c.needs_sync
-                                                 or (c.expires_at is not None and wall >= c.expires_at)):
-                        c.wake()
+            await self.wake_due(heartbeat_s)
+
+    async def wake_due(self, heartbeat_s: float) -> None:
+        """One turn of :meth:`tick` (a coroutine so that the loop's step is one awaitable)."""
+        now, wall = time.monotonic(), time.time()
+        for group in self.clients.values():
+            for c in group:
+                if c.waiter is not None and (now - c.last_write >= heartbeat_s or c.needs_sync
+                                             or (c.expires_at is not None and wall >= c.expires_at)):
+                    c.wake()
 
     def all_clients(self) -> list[Client]:
         return [c for group in self.clients.values() for c in group]
@@ -607,7 +613,9 @@ class RedisFanout:
     RECONNECT_MAX_S = 5.0
     STABLE_S = 10.0  # a connection that lived this long reconnects at once when lost
 
-    def __init__(self, settings: RedisSettings, hub: Hub, *, channel_prefix: str, linger_s: float):
+    def __init__(self, settings: RedisSettings, hub: Hub, *, channel_prefix: str, linger_s: float,
+                 heartbeat: Heartbeat = NO_BEAT):
+        self._heartbeat = heartbeat  # beaten per connection attempt and per answered PING
         self._settings = settings
         self._hub = hub
         self._prefix = channel_prefix
@@ -719,6 +727,7 @@ class RedisFanout:
         down_logged = False
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
+            self._heartbeat.beat()
             conn: _PubSubProtocol | None = None
             pinger = None
             up_since: float | None = None
@@ -764,8 +773,7 @@ class RedisFanout:
                 backoff = 0.1  # a working connection was lost: reconnect at once
             # else (refused, or dropped right after: wrong password, no permission for the
             # channels) back off exponentially instead of reconnecting in a loop
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), backoff)
+            await idle(self._heartbeat, backoff, self._stopping)
             backoff = min(backoff * 2, self.RECONNECT_MAX_S)
 
     async def _handshake(self, conn: _PubSubProtocol) -> None:
@@ -834,4 +842,5 @@ class RedisFanout:
             if time.monotonic() - conn.last_rx > dead_after:
                 conn.transport.abort()  # half-open: nothing came back, not even PONGs
                 return
+            self._heartbeat.beat()  # connected, and Redis answered within the bound
             self._send(encode_command("PING"))

@@ -27,9 +27,11 @@ SERVICES = ("ingest", "query", "stream")
 # services. Left out, because no Deployment runs them: the local stack (`atas stack`), the
 # client-side CLI tools (token, dev, load, ...) and the client library.
 _RUNTIME_DIRS = [ROOT / "libs" / "common", ROOT / "services"]
-_RUNTIME_CLI = [ROOT / "libs" / "cli" / n for n in ("main.py", "common.py", "serve.py", "migrate.py", "retention.py")
-                if (ROOT / "libs" / "cli" / n).is_file()]  # retention.py: the CronJob's `atas retention`
-_NOT_RUNTIME = {ROOT / "libs" / "common" / "stack.py"}
+_RUNTIME_CLI = [ROOT / "libs" / "cli" / n for n in ("main.py", "common.py", "serve.py", "migrate.py", "retention.py")]
+# retention.py: the atas-retention CronJob runs `atas retention`.
+# The local stack (development and tests only, never in a pod).
+_NOT_RUNTIME = {ROOT / "libs" / "common" / n for n in ("stack.py", "stack_proc.py", "stack_postgres.py",
+                                                       "stack_kafka.py", "ports.py")}
 
 
 def _name_arg(call: ast.Call) -> str | None:

@@ -159,5 +159,11 @@ async def test_import_junit_then_read_overview_and_stream(engines, request, tmp_
         code = dev.stop(timeout=30)
         if engines == "redis+kafka":
             await drop_database(env["DB_URL"])
+        else:
+            from atas.common.stack import Stack
+
+            # atas dev keeps its database between runs; as root that is under /var/lib/atas, which
+            # pytest's tmp_path clean-up does not reach.
+            Stack(data_dir / "stack").down(purge=True)
     assert code == 0, dev.log_path.read_text()[-3000:]
     assert "stopping the embedded PostgreSQL" in dev.log_path.read_text() or engines != "embedded"

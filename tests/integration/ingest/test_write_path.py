@@ -205,6 +205,12 @@ async def test_client_errors_are_4xx_and_write_nothing(ingest, auth, token, pg):
     assert code == 422 and err["field"] == "project"  # the database's rule, newline included
     # Index keys are bounded in bytes: 400 CJK characters are 1,200 bytes (PostgreSQL refuses
     # index entries over ~2.7 KB, and the per-test rollups key on test id, branch and environment).
+    for char in ("\n", "\t", "\x1b", "\x7f", "\x85"):  # a line break, a tab, ESC, DEL, a C1 control
+        bad = results(3)
+        bad[2]["test_id"] = f"tests/test_a.py::test{char}x"
+        code, err = await status(await client.post(url, json={"results": bad}, headers=h))
+        assert code == 422 and err["field"] == "results[2].test_id", (repr(char), err)
+        assert f"U+{ord(char):04X}" in err["message"]
     bad = results(1)
     bad[0]["test_id"] = "測" * 400
     code, err = await status(await client.post(url, json={"results": bad}, headers=h))
@@ -305,15 +311,17 @@ async def test_special_characters_are_stored_exactly(ingest, auth, pg):
     h = auth()
     ex = await start(client, h)
     nasty = "tab\there\nnew line\r\\N back\\slash \\t ünïcødé 🚀"
-    batch = [{"test_id": nasty, "name": nasty, "status": "failed", "suite": "\\", "error_message": nasty,
+    # Test ids are printable (control characters are refused): COPY escapes still matter for them.
+    nasty_id = "\\N back\\slash \\t \\n ünïcødé 🚀"
+    batch = [{"test_id": nasty_id, "name": nasty, "status": "failed", "suite": "\\", "error_message": nasty,
               "error_trace": nasty * 3, "attributes": {nasty: nasty, "path": "C:\\tmp\\new"}},
              {"test_id": "\\N", "name": "\\N", "status": "passed", "suite": None}]
     resp = await client.post(f"/v1/executions/{ex['id']}/results", json={"results": batch}, headers=h)
     assert resp.status == 200 and (await resp.json())["accepted"] == 2
     rows = {r["test_id"]: r for r in await _fetch(pg, "SELECT * FROM results")}
-    assert rows[nasty]["name"] == nasty and rows[nasty]["error_trace"] == nasty * 3
-    assert rows[nasty]["suite"] == "\\"
-    assert msgspec.json.decode(rows[nasty]["attributes"]) == batch[0]["attributes"]
+    assert rows[nasty_id]["name"] == nasty and rows[nasty_id]["error_trace"] == nasty * 3
+    assert rows[nasty_id]["suite"] == "\\"
+    assert msgspec.json.decode(rows[nasty_id]["attributes"]) == batch[0]["attributes"]
     assert rows["\\N"]["name"] == "\\N" and rows["\\N"]["suite"] is None and rows["\\N"]["id"] is not None
 
 

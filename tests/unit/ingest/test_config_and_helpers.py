@@ -11,14 +11,14 @@ import pytest
 from atas.common.config import ConfigError
 from atas.common.errors import ApiError, decode_json
 from atas.common.schemas import ExecutionCreate, ResultBatch, ResultIn
-from atas.ingest.config import IngestConfig
+from atas.ingest.config import IngestConfig, load_config
 from atas.ingest.relay import backoff_delay
 from atas.ingest.writer import _copy_data, request_hash, status_of_final_attempts
 
 
 def test_config_defaults_and_environment():
-    assert IngestConfig.from_env({}) == IngestConfig()
-    config = IngestConfig.from_env({"INGEST_MAX_BATCH": "50", "INGEST_MAX_BODY_BYTES": "2048",
+    assert load_config({}) == IngestConfig()
+    config = load_config({"INGEST_MAX_BATCH": "50", "INGEST_MAX_BODY_BYTES": "2048",
                                     "INGEST_RELAY_ENABLED": "0", "INGEST_RELAY_POLL_SECONDS": "0.5"})
     assert (config.max_batch, config.max_body_bytes, config.relay_enabled, config.relay_poll_s) == (
         50, 2048, False, 0.5)
@@ -26,7 +26,7 @@ def test_config_defaults_and_environment():
 
 def test_bad_config_names_every_variable():
     with pytest.raises(ConfigError) as info:
-        IngestConfig.from_env({"INGEST_MAX_BATCH": "0", "INGEST_RELAY_BATCH": "lots",
+        load_config({"INGEST_MAX_BATCH": "0", "INGEST_RELAY_BATCH": "lots",
                                "INGEST_RELAY_BACKOFF_MAX_SECONDS": "-1"})
     text = str(info.value)
     assert "INGEST_MAX_BATCH" in text and "INGEST_RELAY_BATCH" in text and "INGEST_RELAY_BACKOFF_MAX_SECONDS" in text

@@ -164,3 +164,11 @@ def test_a_long_multibyte_test_id_is_clipped_to_the_key_budget():
     report = parse_junit(f'<testsuite name="s"><testcase name="{name}"/></testsuite>'.encode())
     (result,) = report.results
     assert len(result.test_id.encode()) <= 1024 and name.startswith(result.test_id)
+
+
+def test_control_characters_in_a_report_name_become_spaces_in_the_test_id():
+    """The JSON API refuses a test id with control characters; a report (whose XML may carry a
+    line break or tab in a name) imports with them replaced instead."""
+    report = parse_junit(b'<testsuite name="s"><testcase classname="pkg.Case" name="test&#10;odd&#9;name"/></testsuite>')
+    (result,) = report.results
+    assert result.test_id == "pkg.Case::test odd name"

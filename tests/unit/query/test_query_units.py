@@ -12,7 +12,7 @@ from atas.common.config import ConfigError
 from atas.common.errors import ApiError
 from atas.common.events import encode_event, new_event
 from atas.query import cache as c
-from atas.query.config import QueryConfig, load_query_config
+from atas.query.config import QueryConfig, load_config
 from atas.query.invalidation import stale_keys
 from atas.query.routes import RangeParams, day_range, decode_cursor, encode_cursor, resolve_range
 
@@ -47,9 +47,9 @@ def test_ranges_default_validate_and_widen_to_days():
 
 
 def test_config_names_the_variable():
-    assert load_query_config({}) == QueryConfig()
+    assert load_config({}) == QueryConfig()
     with pytest.raises(ConfigError) as info:
-        load_query_config({"QUERY_MAX_RANGE_DAYS": "zero", "QUERY_DEFAULT_PAGE_SIZE": "500"})
+        load_config({"QUERY_MAX_RANGE_DAYS": "zero", "QUERY_DEFAULT_PAGE_SIZE": "500"})
     text = str(info.value)
     assert "QUERY_MAX_RANGE_DAYS" in text and "QUERY_DEFAULT_PAGE_SIZE" in text
 
