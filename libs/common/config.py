@@ -14,6 +14,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import msgspec
 
+from .storage import StorageSettings, parse_storage
+
 DEFAULT_TOPIC = "atas.events"
 
 
@@ -86,6 +88,8 @@ class Settings(msgspec.Struct, frozen=True):
     drain_seconds: float = 20.0
     log_level: str = "info"
     mode: Literal["serve", "dev"] = "serve"
+    # Object storage for attachments; None when STORAGE_URL is unset (attachments are then off).
+    storage: StorageSettings | None = None
 
 
 class EnvReader:
@@ -345,9 +349,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
         e.problems.append(f"LOG_LEVEL must be one of debug, info, warning, error, got {log_level!r}")
         log_level = "info"
 
+    storage = parse_storage(e, mode=mode)
+
     if e.problems:
         raise ConfigError(e.problems)
     return Settings(
         db=db, redis=redis, kafka=kafka, jwt_secret=jwt_secret, port=settings_port, cache_ttl=ttl,
-        drain_seconds=drain, log_level=log_level, mode=mode,
+        drain_seconds=drain, log_level=log_level, mode=mode, storage=storage,
     )

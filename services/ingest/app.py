@@ -16,15 +16,17 @@ from atas.common.config import Settings
 from atas.common.engines import ENGINES
 from atas.common.logging import get_logger
 
-from . import openapi
+from atas.common.storage import install_storage
+
+from . import attachments, openapi
 from .config import IngestConfig
 from .relay import OutboxRelay
 from .routes import INGEST_CONFIG, add_routes
 
 log = get_logger(__name__)
 
-# The newest migration this code needs (V012: executions.status_source, written at finish).
-REQUIRED_SCHEMA_VERSION = 12
+# The newest migration this code needs (V016: the attachments table).
+REQUIRED_SCHEMA_VERSION = 16
 # Months of result partitions kept ready behind and ahead of now (see V001).
 PARTITIONS_BACK, PARTITIONS_AHEAD = 1, 3
 _PARTITION_RETRY_S = 60.0
@@ -83,6 +85,8 @@ def setup(app: web.Application, config: IngestConfig | None = None) -> None:
     app[INGEST_CONFIG] = config
     state = app[INGEST_STATE] = IngestState()
     add_routes(app)
+    install_storage(app, app[SETTINGS].storage, jwt_secret=app[SETTINGS].jwt_secret)
+    attachments.setup(app)
     add_openapi(app, openapi.fragment(config))
 
     async def schema_ready() -> None:

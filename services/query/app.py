@@ -12,10 +12,13 @@ import contextlib
 
 from aiohttp import web
 
-from atas.common.app import add_openapi
+from atas.common.app import SETTINGS, add_openapi
 from atas.common.engines import ENGINES
 from atas.common.logging import get_logger
 
+from atas.common.storage import install_storage
+
+from . import attachments
 from .cache import MemoryCacheEngine, RedisCacheEngine, ResponseCache
 from .config import QueryConfig, load_query_config
 from .invalidation import Invalidator
@@ -41,6 +44,8 @@ def setup(app: web.Application, config: QueryConfig | None = None) -> None:
     app[QUERY_STATE] = state
     for path, handler in ROUTES:
         app.router.add_get(path, handler, allow_head=False)
+    install_storage(app, app[SETTINGS].storage, jwt_secret=app[SETTINGS].jwt_secret)
+    attachments.setup(app)
     add_openapi(app, fragment())
 
     async def context(app_: web.Application):

@@ -18,11 +18,13 @@ import msgspec
 from aiohttp import web
 
 from atas.common.app import SETTINGS
+from atas.common.engines import ENGINES
 from atas.common.auth import Principal, authenticate, authorize, token_from_request
 from atas.common.errors import ApiError, bad_request, not_found, parse_query
 from atas.common.schemas import EARLIEST, LATEST, ProjectKey
 
 from . import cache as c
+from .attachments import attachments_of
 from . import schemas as s
 from .config import QueryConfig
 from .repository import QueryRepository, Scope
@@ -520,11 +522,12 @@ async def execution_results(request: web.Request) -> web.Response:
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = encode_cursor("rs", rows[-1]["test_id"], rows[-1]["attempt"]) if more else None
+    linked = await attachments_of(request.app[ENGINES].pool, p.project, execution_id, rows)
     items = [s.Result(test_id=r["test_id"], attempt=r["attempt"], id=str(r["id"]), name=r["name"],
                       suite=r["suite"], file=r["file"], status=r["status"], started_at=r["started_at"],
                       duration_ms=r["duration_ms"], error_type=r["error_type"],
                       error_message=r["error_message"], error_trace=r["error_trace"],
-                      attachments=r["attachments"]) for r in rows]
+                      attachments=att) for r, att in zip(rows, linked)]
     return respond_uncached(request, s.ResultPage(execution_id=execution_id, items=items, next_cursor=cursor),
                             _next_link(request, cursor))
 
