@@ -35,6 +35,7 @@ class S3Store:
         self._client = None
         self._ctx = None
         self._lock = asyncio.Lock()
+        self._bulk_delete = True
 
     def key(self, *parts: str) -> str:
         return self.settings.prefix + "/".join(parts)
@@ -47,6 +48,9 @@ class S3Store:
                     config = Config(
                         signature_version="s3v4", connect_timeout=2, read_timeout=30,
                         retries={"mode": "standard", "max_attempts": 2},
+                        # Checksum headers only where S3 requires them: S3-compatible servers refuse
+                        # the optional ones with NotImplemented.
+                        request_checksum_calculation="when_required", response_checksum_validation="when_required",
                         # A custom endpoint (S3Proxy, MinIO) rarely has wildcard DNS for bucket hosts.
                         s3={"addressing_style": "path" if s.endpoint_url else "auto"},
                     )
@@ -64,7 +68,7 @@ class S3Store:
         try:
             return await getattr(client, op)(Bucket=self.settings.bucket, **params)
         except ClientError as exc:
-            if _code(exc) in _MISSING:
+            if _code(exc) in _MISSING or _code(exc) == "NotImplemented":
                 raise
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             if status >= 500 or _code(exc) in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
@@ -140,8 +144,19 @@ class S3Store:
 
     async def delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
-            await self._call("delete_objects", Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
-                                                       "Quiet": True})
+            batch = keys[i:i + 1000]
+            if self._bulk_delete:
+                try:
+                    await self._call("delete_objects", Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+                    continue
+                except ClientError as exc:
+                    # DeleteObjects must carry a checksum header that some S3-compatible servers
+                    # (S3Proxy 3.0) answer NotImplemented; one DELETE per key works everywhere.
+                    if _code(exc) != "NotImplemented":
+                        raise
+                    self._bulk_delete = False
+            for start in range(0, len(batch), 32):
+                await asyncio.gather(*(self._call("delete_object", Key=k) for k in batch[start:start + 32]))
 
     async def delete_prefix(self, prefix: str) -> int:
         keys: list[str] = []

@@ -9,6 +9,7 @@ row is written pending first (or found: a retried create), the store is asked, a
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from datetime import timedelta
@@ -47,6 +48,9 @@ ON CONFLICT DO NOTHING RETURNING {_COLUMNS}"""
 _STORE = f"""UPDATE attachments SET state = 'stored', stored_at = now(), sha256_verified = $2
 WHERE id = $1 AND state = 'pending' RETURNING {_COLUMNS}"""
 _NEXT_SEQ = "UPDATE executions SET last_seq = last_seq + 1, updated_at = now() WHERE id = $1 RETURNING last_seq"
+
+
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 
 
 def _fail(reason: str, status: int, code: str, message: str, **kw) -> ApiError:
@@ -95,7 +99,14 @@ async def create_attachment(request: web.Request) -> web.Response:
     store = _store(request)
     settings = store.settings
     check_json_content_type(request)
-    req = decode_json(await read_body(request, 64 * 1024), AttachmentCreate)
+    try:
+        req = decode_json(await read_body(request, 64 * 1024), AttachmentCreate)
+    except ApiError as exc:
+        unknown = _UNKNOWN.search(exc.message)
+        if exc.field is None and unknown:  # name it: e.g. a client trying to choose the object `key`
+            exc.field = unknown.group(1)
+        FAILED.labels("body").inc()
+        raise
     _check(req, settings)
     started = time.perf_counter()
     ctype = req.content_type.strip().lower()

@@ -198,7 +198,8 @@ async def test_unknown_execution_and_bad_completions(app_with, storage_settings,
     # The wrong bytes: refused, and the object is deleted.
     await upload(http, created, PNG[:1000])
     wrong = await client.post(created["complete"], headers=h)
-    assert wrong.status == 422 and (await wrong.json())["error"]["field"] == "size_bytes"
+    assert wrong.status == 422, await wrong.text()
+    assert (await wrong.json())["error"]["field"] == "size_bytes"
     store = client.app[STORAGE]
     assert await store.head(store.key("demo", run, uuid.UUID(created["id"]).hex)) is None
     # The declared digest does not match what was uploaded.
