@@ -17,9 +17,11 @@ from datetime import timedelta
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from atas.common.app import add_openapi
 from atas.common.attachments import (
     AttachmentCreate, AttachmentCreated, AttachmentView, Part, download_path, name_problem,
 )
+from atas.common.attachments_openapi import ingest_fragment
 from atas.common.errors import ApiError, check_json_content_type, decode_json, read_body
 from atas.common.events import AttachmentStored, new_event
 from atas.common.storage import STORAGE, Availability, IncompleteUpload, StorageUnavailable
@@ -249,3 +251,4 @@ def setup(app: web.Application) -> None:
     app[AVAILABILITY] = Availability(app[STORAGE]) if app[STORAGE] is not None else None
     app.router.add_post("/v1/executions/{id}/attachments", create_attachment)
     app.router.add_post("/v1/attachments/{id}/complete", complete_attachment)
+    add_openapi(app, ingest_fragment())

@@ -16,7 +16,9 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
+from atas.common.app import add_openapi
 from atas.common.attachments import download_path
+from atas.common.attachments_openapi import query_fragment
 from atas.common.engines import ENGINES
 from atas.common.errors import ApiError, parse_query
 from atas.common.schemas import ProjectKey
@@ -106,3 +108,4 @@ async def attachments_of(pool: asyncpg.Pool, project: str, execution_id: str,
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/v1/attachments/{id}", download, allow_head=False)
+    add_openapi(app, query_fragment())
