@@ -152,6 +152,7 @@ class ObjectStore(Protocol):
                           origin: str) -> str: ...
     async def delete(self, keys: list[str]) -> None: ...
     async def delete_prefix(self, prefix: str) -> int: ...
+    async def open(self) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -186,6 +187,9 @@ def install_storage(app: web.Application, settings: StorageSettings | None, *, j
         add_routes(app, store)
 
     async def ctx(_app: web.Application):
+        # Build the client now, so the first upload does not pay for it (no network: a store that
+        # is down does not stop the service from starting).
+        await store.open()
         yield
         await store.close()
 

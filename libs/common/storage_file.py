@@ -133,6 +133,9 @@ class FileStore:
         await asyncio.to_thread(shutil.rmtree, folder, True)
         return count
 
+    async def open(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 

@@ -181,6 +181,9 @@ class S3Store:
                 pass
         return len(keys)
 
+    async def open(self) -> None:
+        await self._c()
+
     async def close(self) -> None:
         if self._ctx is not None:
             await self._ctx.__aexit__(None, None, None)

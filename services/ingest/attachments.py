@@ -120,33 +120,38 @@ async def create_attachment(request: web.Request) -> web.Response:
                     headers={"Retry-After": "5"}) from None
     sha = bytes.fromhex(req.sha256) if req.sha256 else None
     multipart = req.size_bytes > settings.part_bytes
-    pool_row = None
+    attachment_id = uuid.uuid4()
+
+    async def insert(conn, project: str, upload_id: str | None) -> tuple:
+        """(row, created): the new row, or the one a concurrent create of the same attachment wrote."""
+        key = store.key(project, str(execution_id), attachment_id.hex)
+        parts = math.ceil(req.size_bytes / settings.part_bytes) if upload_id else None
+        row = await conn.fetchrow(_INSERT, attachment_id, project, execution_id, req.test_id, attempt, req.name,
+                                  req.kind, ctype, req.size_bytes, sha, key, upload_id, parts)
+        if row is None:
+            return await conn.fetchrow(_FIND, execution_id, req.test_id, attempt, req.name), False
+        return row, True
+
+    created = False
+    # One transaction for a single-PUT upload; a multipart one needs the store's upload id first,
+    # which is never asked for inside a transaction.
     async with _transaction(request) as conn:
         execution = await conn.fetchrow("SELECT project FROM executions WHERE id = $1", execution_id)
         if execution is None or not principal.can(SCOPE, execution["project"]):
             # A foreign project's execution answers exactly as a missing one.
             raise _fail("execution", 404, "not_found", f"execution {execution_id} does not exist", field="id")
         project = execution["project"]
-        pool_row = await conn.fetchrow(_FIND, execution_id, req.test_id, attempt, req.name)
-    created = pool_row is None
-    if created:
-        attachment_id = uuid.uuid4()
-        key = store.key(project, str(execution_id), attachment_id.hex)
-        upload_id, parts = None, None
+        row = await conn.fetchrow(_FIND, execution_id, req.test_id, attempt, req.name)
+        if row is None and not multipart:
+            row, created = await insert(conn, project, None)
+    if row is None:
         try:
-            if multipart:
-                parts = math.ceil(req.size_bytes / settings.part_bytes)
-                upload_id = await store.create_multipart(key, ctype)
+            upload_id = await store.create_multipart(store.key(project, str(execution_id), attachment_id.hex), ctype)
         except StorageUnavailable as exc:
             raise _fail("storage_down", 503, "storage_unavailable", f"object storage is not reachable: {exc}",
                         headers={"Retry-After": "5"}) from None
         async with _transaction(request) as conn:
-            pool_row = await conn.fetchrow(_INSERT, attachment_id, project, execution_id, req.test_id, attempt,
-                                           req.name, req.kind, ctype, req.size_bytes, sha, key, upload_id, parts)
-            if pool_row is None:  # a concurrent create of the same attachment won
-                pool_row = await conn.fetchrow(_FIND, execution_id, req.test_id, attempt, req.name)
-                created = False
-    row = pool_row
+            row, created = await insert(conn, project, upload_id)
     for field, mine, theirs in (("content_type", ctype, row["content_type"]), ("size_bytes", req.size_bytes,
                                 row["size_bytes"]), ("kind", req.kind, row["kind"]), ("sha256", sha, row["sha256"])):
         if mine != theirs:
