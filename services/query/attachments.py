@@ -66,26 +66,33 @@ def _item(row, project: str) -> dict:
     return out
 
 
-async def attachments_of(pool: asyncpg.Pool, project: str, execution_id: str,
+async def attachments_of(pool: asyncpg.Pool, project: str, execution_id: str | None,
                          rows: Sequence[asyncpg.Record]) -> list[list[dict] | None]:
     """Each result row's attachments: its ``uri`` references as stored, and the stored uploads it
-    links by id or that were uploaded for its (test_id, attempt). One query for the page."""
+    links by id or that were uploaded for its (test_id, attempt). One query for the page. Rows of
+    several executions (test history) carry their own ``execution_id``; a result page passes it."""
     linked: set[str] = set()
     for r in rows:
         for a in r["attachments"] or []:
             if isinstance(a, dict) and a.get("id"):
                 linked.add(a["id"])
-    keys = [(r["test_id"], r["attempt"]) for r in rows]
-    async with pool.acquire() as conn:
-        found = await conn.fetch(
-            f"SELECT {_VIEW} FROM attachments WHERE execution_id = $1::uuid AND state = 'stored' AND "
-            "((test_id, attempt) IN (SELECT * FROM unnest($2::text[], $3::int[])) OR id = ANY($4::uuid[])) "
-            "ORDER BY created_at, id",
-            execution_id, [k[0] for k in keys], [k[1] for k in keys], list(linked)) if keys else []
+
+    def key(r) -> tuple[str, str, int]:
+        return str(execution_id or r["execution_id"]), r["test_id"], r["attempt"]
+
+    keys = [key(r) for r in rows]
+    found = []
+    if keys:
+        async with pool.acquire() as conn:
+            found = await conn.fetch(
+                f"SELECT {_VIEW}, execution_id FROM attachments WHERE project = $1 AND state = 'stored' AND "
+                "((execution_id, test_id, attempt) IN (SELECT * FROM unnest($2::uuid[], $3::text[], $4::int[])) "
+                "OR id = ANY($5::uuid[])) ORDER BY created_at, id",
+                project, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], list(linked))
     by_id = {str(f["id"]): f for f in found}
-    by_test: dict[tuple[str, int], list] = {}
+    by_test: dict[tuple[str, str, int], list] = {}
     for f in found:
-        by_test.setdefault((f["test_id"], f["attempt"]), []).append(f)
+        by_test.setdefault((str(f["execution_id"]), f["test_id"], f["attempt"]), []).append(f)
     out: list[list[dict] | None] = []
     for r in rows:
         items: list[dict] = []
@@ -98,7 +105,7 @@ async def attachments_of(pool: asyncpg.Pool, project: str, execution_id: str,
                     seen.add(a["id"])
             else:
                 items.append(a)
-        for f in by_test.get((r["test_id"], r["attempt"]), []):
+        for f in by_test.get(key(r), []):
             if str(f["id"]) not in seen:
                 items.append(_item(f, project))
                 seen.add(str(f["id"]))

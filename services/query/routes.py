@@ -18,8 +18,8 @@ import msgspec
 from aiohttp import web
 
 from atas.common.app import SETTINGS
-from atas.common.engines import ENGINES
 from atas.common.auth import Principal, authenticate, authorize, token_from_request
+from atas.common.engines import ENGINES
 from atas.common.errors import ApiError, bad_request, not_found, parse_query
 from atas.common.schemas import EARLIEST, LATEST, ProjectKey
 
@@ -607,11 +607,12 @@ async def test_history(request: web.Request) -> web.Response:
         last = rows[-1]
         cursor = encode_cursor("th", last["execution_started_at"].isoformat(), str(last["execution_id"]),
                                last["attempt"], start.isoformat(), end.isoformat())
+    linked = await attachments_of(request.app[ENGINES].pool, p.project, None, rows)
     items = [s.HistoryItem(execution_id=str(r["execution_id"]), execution_name=r["execution_name"],
                            execution_started_at=r["execution_started_at"], environment=r["environment"],
                            branch=r["branch"], commit=r["commit_sha"], attempt=r["attempt"], status=r["status"],
                            duration_ms=r["duration_ms"], error_type=r["error_type"],
-                           error_message=r["error_message"]) for r in rows]
+                           error_message=r["error_message"], attachments=att) for r, att in zip(rows, linked)]
     return respond_uncached(request, s.History(project=p.project, test_id=test_id, items=items, next_cursor=cursor),
                             _next_link(request, cursor))
 

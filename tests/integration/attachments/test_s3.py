@@ -64,6 +64,9 @@ async def test_round_trip_single_put(app_with, storage_settings, http, headers, 
                       "size_bytes": len(PNG), "download": f"/v1/attachments/{created['id']}?project=demo",
                       "sha256": sha(PNG)}
 
+    history = await (await client.get("/v1/tests/login::ok/history?project=demo", headers=h)).json()
+    assert history["items"][0]["attachments"] == [listed]
+
     redirect = await client.get(listed["download"], headers=h, allow_redirects=False)
     assert redirect.status == 302
     async with http.get(redirect.headers["Location"]) as got:
