@@ -207,7 +207,8 @@ async def run(args: argparse.Namespace) -> dict:
             objs = objects(args.screenshots, args.videos)
             total = sum(len(d) for _n, _c, d in objs)
             server = Server({"DB_URL": dsn, "KAFKA_BOOTSTRAP_SERVERS": env["KAFKA_BOOTSTRAP_SERVERS"],
-                             "KAFKA_TOPIC": f"atas.events.bench-{secrets.token_hex(3)}", "JWT_SECRET": env["JWT_SECRET"],
+                             "KAFKA_TOPIC": f"atas.events.bench-{secrets.token_hex(3)}",
+                             "JWT_SECRET": env["JWT_SECRET"],
                              "STORAGE_URL": f"s3://{bucket}/{prefix}", **storage, "LOG_LEVEL": "warning"},
                             tmp_path / "ingest.log")
             await server.wait_ready()
@@ -245,7 +246,8 @@ async def run(args: argparse.Namespace) -> dict:
         "concurrency": args.concurrency, "rounds": args.rounds, "bytes": total * args.rounds,
         "floor_mb_per_s": round(statistics.median(floors), 1), "atas_mb_per_s": round(statistics.median(atas), 1),
         "ratio": round(statistics.median(ratios), 3), "ratios": [round(r, 3) for r in ratios],
-        "presign_p50_ms": round(statistics.median(latencies) * 1000, 2), "presign_p99_ms": round(p99(latencies) * 1000, 2),
+        "presign_p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "presign_p99_ms": round(p99(latencies) * 1000, 2),
         "create_under_load_p50_ms": round(statistics.median(loaded) * 1000, 2),
         "create_under_load_p99_ms": round(p99(loaded) * 1000, 2),
         "ingest_bytes_in": bytes_in, "verified": round(good / uploads, 4), "declare_sha256": args.declare_sha256,

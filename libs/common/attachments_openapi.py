@@ -19,6 +19,10 @@ def _err(text: str) -> dict:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+def _ok(text: str, ref: dict) -> dict:
+    return {"description": text, "content": {"application/json": {"schema": ref}}}
+
+
 def _uuid(description: str) -> dict:
     return {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"},
             "description": description}
@@ -39,9 +43,8 @@ def ingest_fragment() -> dict:
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": refs["AttachmentCreate"]}}},
                 "responses": {
-                    "201": {"description": "created", "content": {"application/json": {"schema": refs["AttachmentCreated"]}}},
-                    "200": {"description": "existed (a retry)",
-                            "content": {"application/json": {"schema": refs["AttachmentCreated"]}}},
+                    "201": _ok("created", refs["AttachmentCreated"]),
+                    "200": _ok("existed (a retry)", refs["AttachmentCreated"]),
                     "404": _err("no such execution (or another project's)"),
                     "409": _err("same name, test and attempt with a different size, type or digest"),
                     "413": _err("size_bytes over ATTACHMENT_MAX_BYTES"),
@@ -56,7 +59,7 @@ def ingest_fragment() -> dict:
                                "`attachment.stored`. Repeating it answers the stored attachment.",
                 "parameters": [_uuid("attachment id")],
                 "responses": {
-                    "200": {"description": "stored", "content": {"application/json": {"schema": refs["AttachmentView"]}}},
+                    "200": _ok("stored", refs["AttachmentView"]),
                     "404": _err("no such attachment (or another project's)"),
                     "409": _err("nothing uploaded yet (`upload`) or parts missing (`parts`)"),
                     "422": _err("the object's size or sha256 differs from the declared one; it was deleted"),

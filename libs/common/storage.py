@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -247,7 +246,9 @@ async def delete_execution_objects(store: ObjectStore, project: str, execution_i
 
 
 def settings_from_env(env: Mapping[str, str], *, mode: str = "serve") -> StorageSettings | None:
-    """For tools outside the services (retention): parse just the storage variables."""
+    """For tools outside the services (retention): parse just the storage variables, e.g.
+    ``store = open_store(settings_from_env(os.environ), jwt_secret=...)``, then
+    :func:`delete_execution_objects` per execution, then ``await store.close()``."""
     from .config import ConfigError, EnvReader
 
     e = EnvReader(env)
@@ -255,7 +256,3 @@ def settings_from_env(env: Mapping[str, str], *, mode: str = "serve") -> Storage
     if e.problems:
         raise ConfigError(e.problems)
     return result
-
-
-def iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")

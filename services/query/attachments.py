@@ -43,7 +43,8 @@ async def download(request: web.Request) -> web.Response:
     try:
         attachment_id = uuid.UUID(raw)
     except ValueError:
-        raise ApiError(400, "invalid_parameter", f"attachment id must be a UUID, got {raw[:64]!r}", field="id") from None
+        raise ApiError(400, "invalid_parameter", f"attachment id must be a UUID, got {raw[:64]!r}",
+                       field="id") from None
     async with request.app[ENGINES].pool.acquire() as conn:
         row = await conn.fetchrow(
             "SELECT name, content_type, storage_key FROM attachments "
