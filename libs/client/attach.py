@@ -25,11 +25,16 @@ if TYPE_CHECKING:
     from .client import AsyncClient
 
 _KIND_BY_MAJOR = {"image": "screenshot", "video": "video", "text": "log"}
+# What test tools write, where the platform's MIME table may know nothing (``.log`` is unknown to
+# Python's, so a log would otherwise go as application/octet-stream and be refused).
+_TYPES = {".log": "text/plain", ".txt": "text/plain", ".out": "text/plain", ".webm": "video/webm",
+          ".mp4": "video/mp4", ".zip": "application/zip", ".json": "application/json", ".png": "image/png"}
 Progress = Callable[[int, int], None]  # (bytes sent so far, total)
 
 
 def guess(path: Path, content_type: str | None, kind: str | None) -> tuple[str, str]:
-    ctype = content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    ctype = (content_type or _TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0]
+             or "application/octet-stream")
     if ctype == "application/zip" and kind is None:
         return ctype, "trace"  # Playwright traces are zip files
     return ctype, kind or _KIND_BY_MAJOR.get(ctype.split("/")[0], "other")
