@@ -39,13 +39,13 @@ PRESIGN_SECONDS = Histogram("atas_attachments_presign_seconds", "Time to answer 
 AVAILABILITY = web.AppKey("atas_storage_availability", object)  # Availability, or None
 
 _COLUMNS = ("id, project, execution_id, test_id, attempt, name, kind, content_type, size_bytes, sha256, "
-            "sha256_verified, storage_key, upload_id, parts, state")
+            "sha256_verified, storage_key, upload_id, parts, part_bytes, state")
 _FIND = f"""SELECT {_COLUMNS} FROM attachments
 WHERE execution_id = $1 AND coalesce(test_id, '') = coalesce($2, '') AND coalesce(attempt, 0) = coalesce($3, 0)
   AND name = $4"""
 _INSERT = f"""INSERT INTO attachments (id, project, execution_id, test_id, attempt, name, kind, content_type,
-                         size_bytes, sha256, storage_key, upload_id, parts)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                         size_bytes, sha256, storage_key, upload_id, parts, part_bytes)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT DO NOTHING RETURNING {_COLUMNS}"""
 _STORE = f"""UPDATE attachments SET state = 'stored', stored_at = now(), sha256_verified = $2
 WHERE id = $1 AND state = 'pending' RETURNING {_COLUMNS}"""
@@ -126,8 +126,11 @@ async def create_attachment(request: web.Request) -> web.Response:
         """(row, created): the new row, or the one a concurrent create of the same attachment wrote."""
         key = store.key(project, str(execution_id), attachment_id.hex)
         parts = math.ceil(req.size_bytes / settings.part_bytes) if upload_id else None
+        # The part size is recorded: a retried create after ATTACHMENT_PART_BYTES changed must hand
+        # out the same slices as the first.
         row = await conn.fetchrow(_INSERT, attachment_id, project, execution_id, req.test_id, attempt, req.name,
-                                  req.kind, ctype, req.size_bytes, sha, key, upload_id, parts)
+                                  req.kind, ctype, req.size_bytes, sha, key, upload_id, parts,
+                                  settings.part_bytes if upload_id else None)
         if row is None:
             return await conn.fetchrow(_FIND, execution_id, req.test_id, attempt, req.name), False
         return row, True
@@ -166,11 +169,11 @@ async def create_attachment(request: web.Request) -> web.Response:
         ttl, origin = settings.url_ttl_s, _origin(request)
         body.expires_at = writer.utcnow() + timedelta(seconds=ttl)
         if row["upload_id"]:
-            body.part_bytes = settings.part_bytes
+            part_bytes = body.part_bytes = row["part_bytes"]
             body.parts = []
             for n in range(1, row["parts"] + 1):
                 up = await store.presign_part(row["storage_key"], row["upload_id"], n, ttl, origin)
-                size = min(settings.part_bytes, row["size_bytes"] - (n - 1) * settings.part_bytes)
+                size = min(part_bytes, row["size_bytes"] - (n - 1) * part_bytes)
                 body.parts.append(Part(number=n, method=up.method, url=up.url, headers=up.headers, size_bytes=size))
         else:
             body.upload = await store.presign_put(row["storage_key"], row["content_type"], row["size_bytes"], ttl,

@@ -15,6 +15,7 @@ CREATE TABLE attachments (
     storage_key     text        NOT NULL UNIQUE,  -- generated: project/execution/id, never the client's
     upload_id       text,                 -- multipart uploads: the store's upload id
     parts           integer,              -- multipart uploads: number of parts
+    part_bytes      bigint,               -- multipart uploads: size of every part but the last
     state           text        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'stored')),
     created_at      timestamptz NOT NULL DEFAULT now(),
     stored_at       timestamptz
