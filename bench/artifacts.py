@@ -209,7 +209,8 @@ async def run(args: argparse.Namespace) -> dict:
             server = Server({"DB_URL": dsn, "KAFKA_BOOTSTRAP_SERVERS": env["KAFKA_BOOTSTRAP_SERVERS"],
                              "KAFKA_TOPIC": f"atas.events.bench-{secrets.token_hex(3)}",
                              "JWT_SECRET": env["JWT_SECRET"],
-                             "STORAGE_URL": f"s3://{bucket}/{prefix}", **storage, "LOG_LEVEL": "warning"},
+                             "STORAGE_URL": f"s3://{bucket}/{prefix}", **storage, "LOG_LEVEL": "warning",
+                             **({"ATTACHMENT_PART_BYTES": str(args.part_bytes)} if args.part_bytes else {})},
                             tmp_path / "ingest.log")
             await server.wait_ready()
             token = mint_token(env["JWT_SECRET"], subject="bench", scopes=["ingest:write"], projects=[PROJECT])
@@ -251,6 +252,7 @@ async def run(args: argparse.Namespace) -> dict:
         "create_under_load_p50_ms": round(statistics.median(loaded) * 1000, 2),
         "create_under_load_p99_ms": round(p99(loaded) * 1000, 2),
         "ingest_bytes_in": bytes_in, "verified": round(good / uploads, 4), "declare_sha256": args.declare_sha256,
+        "part_bytes": args.part_bytes or 16 * 1024 * 1024,
         "cpus": os.cpu_count(),
     }
 
@@ -262,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=int, default=8, help="20 MB videos per side and round")
     parser.add_argument("--concurrency", type=int, default=16, help="uploads in flight (default 16)")
     parser.add_argument("--rounds", type=int, default=2, help="floor/atas rounds; figures are medians")
+    parser.add_argument("--part-bytes", type=int, default=None,
+                        help="ATTACHMENT_PART_BYTES of the server (default: its default, 16 MiB)")
     parser.add_argument("--declare-sha256", action="store_true",
                         help="declare each file's sha256 (completion then reads objects back to check it)")
     args = parser.parse_args(argv)
