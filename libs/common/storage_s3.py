@@ -47,6 +47,9 @@ class S3Store:
                     s = self.settings
                     config = Config(
                         signature_version="s3v4", connect_timeout=2, read_timeout=30,
+                        # botocore's default of 10 would queue completions (HEAD, list/complete
+                        # parts) behind each other when many harness workers finish at once.
+                        max_pool_connections=64,
                         retries={"mode": "standard", "max_attempts": 2},
                         # Checksum headers only where S3 requires them: S3-compatible servers refuse
                         # the optional ones with NotImplemented.
