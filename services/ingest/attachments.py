@@ -22,6 +22,7 @@ from atas.common.attachments import (
     AttachmentCreate, AttachmentCreated, AttachmentView, Part, download_path, name_problem,
 )
 from atas.common.attachments_openapi import ingest_fragment
+from atas.common.engines import ENGINES
 from atas.common.errors import ApiError, check_json_content_type, decode_json, read_body
 from atas.common.events import AttachmentStored, new_event
 from atas.common.storage import STORAGE, Availability, IncompleteUpload, StorageUnavailable
@@ -197,8 +198,11 @@ async def complete_attachment(request: web.Request) -> web.Response:
     principal = _principal(request)
     attachment_id = _attachment_id(request)
     store = _store(request)
-    async with _transaction(request) as conn:
-        row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM attachments WHERE id = $1", attachment_id)
+    pool = request.app[ENGINES].pool
+    if pool is None:
+        raise ApiError(503, "unavailable", "the database is not ready; retry later", headers={"Retry-After": "5"})
+    # One statement, no transaction: the state change below re-checks `pending` under its own.
+    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM attachments WHERE id = $1", attachment_id)
     if row is None or not principal.can(SCOPE, row["project"]):
         raise ApiError(404, "not_found", f"attachment {attachment_id} does not exist", field="id")
     project = row["project"]
