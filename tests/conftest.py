@@ -63,6 +63,16 @@ class _Servers:
         self.started.append("kafka")
         return env["KAFKA_BOOTSTRAP_SERVERS"]
 
+    def s3(self) -> dict[str, str]:
+        """STORAGE_URL, S3_ENDPOINT_URL, S3_REGION and the S3Proxy's access keys."""
+        if os.environ.get("S3_ENDPOINT_URL") and os.environ.get("AWS_ACCESS_KEY_ID"):
+            return {k: os.environ[k] for k in ("STORAGE_URL", "S3_ENDPOINT_URL", "S3_REGION", "AWS_ACCESS_KEY_ID",
+                                               "AWS_SECRET_ACCESS_KEY")}
+        env = self.stack.up(["s3"])
+        self.started.append("s3")
+        return {k: env[k] for k in ("STORAGE_URL", "S3_ENDPOINT_URL", "S3_REGION", "AWS_ACCESS_KEY_ID",
+                                    "AWS_SECRET_ACCESS_KEY")}
+
     def close(self) -> None:
         if self._stack is not None and self.started:
             self._stack.down(purge=True)
@@ -175,6 +185,28 @@ async def kafka_settings(request, kafka_server) -> KafkaSettings:
     return settings
 
 
+# ------------------------------------------------------------------------------ S3 (S3Proxy)
+
+
+@pytest.fixture(scope="session")
+def s3_server(servers) -> dict[str, str]:
+    return servers.s3()
+
+
+@pytest.fixture
+def storage_settings(request, s3_server):
+    """Settings for the real S3Proxy, with a key prefix of this test's own (objects of other tests
+    never show up in its listings)."""
+    _require_marker(request, "s3")
+    from atas.common.storage import StorageSettings
+
+    bucket = s3_server["STORAGE_URL"].removeprefix("s3://").split("/")[0]
+    return StorageSettings(url=s3_server["STORAGE_URL"], scheme="s3", bucket=bucket,
+                           prefix=f"test-{uuid.uuid4().hex[:12]}/", region=s3_server["S3_REGION"],
+                           endpoint_url=s3_server["S3_ENDPOINT_URL"], access_key_id=s3_server["AWS_ACCESS_KEY_ID"],
+                           secret_access_key=s3_server["AWS_SECRET_ACCESS_KEY"])
+
+
 # ------------------------------------------------------------------------------ settings
 
 
@@ -192,7 +224,8 @@ def make_settings(*, db_dsn: str | None = None, redis: RedisSettings | None = No
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes an `atas` subprocess load the same settings."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DB_URL", "DB_USER", "DB_PASSWORD", "REDIS_HOST", "REDIS_PORT", "KAFKA_BOOTSTRAP_SERVERS")}
+           if k not in ("DB_URL", "DB_USER", "DB_PASSWORD", "REDIS_HOST", "REDIS_PORT", "KAFKA_BOOTSTRAP_SERVERS",
+                         "STORAGE_URL", "S3_ENDPOINT_URL", "S3_REGION")}
     env["JWT_SECRET"] = settings.jwt_secret
     if settings.db:
         env["DB_URL"] = settings.db.dsn
@@ -201,6 +234,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if settings.kafka:
         env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka.bootstrap_servers
         env["KAFKA_TOPIC"] = settings.kafka.topic
+    if settings.storage is not None:
+        st = settings.storage
+        env["STORAGE_URL"] = st.url if st.scheme == "file" else f"s3://{st.bucket}/{st.prefix}".rstrip("/")
+        if st.endpoint_url:
+            env["S3_ENDPOINT_URL"] = st.endpoint_url
+        if st.region:
+            env["S3_REGION"] = st.region
+        if st.access_key_id:
+            env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = st.access_key_id, st.secret_access_key
     env["SHUTDOWN_DRAIN_SECONDS"] = str(settings.drain_seconds)
     return env
 

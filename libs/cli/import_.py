@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--build-url", default=None)
     j.add_argument("--execution-id", default=None, help="UUID to give the execution (default: derived from "
                                                         "the file and options, so a re-upload is recognised)")
+    j.add_argument("--attachments-dir", type=Path, default=None,
+                   help="upload the files the report references with [[ATTACHMENT|path]] lines (Jenkins, "
+                        "GitLab, Playwright) from this folder and link them to their tests")
     j.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     j.add_argument("--retries", type=int, default=5, help="retries on 503/connection errors (default 5)")
     j.set_defaults(func=run_junit)
@@ -70,4 +73,45 @@ def run_junit(args: argparse.Namespace) -> int:
           f"{attempts}  → status {ex.status}")
     if imported.created and imported.duplicates:
         print(f"  {imported.duplicates} results repeated within the report were stored once")
+    if args.attachments_dir is not None:
+        return _upload_attachments(args, url, token, data, ex.id)
     return 0
+
+
+def _inside(folder: Path, reference: str) -> Path | None:
+    """The file ``reference`` names inside ``folder``, or None: a report never makes the CLI upload
+    a file from outside the folder it was given (``../../etc/passwd``, absolute paths elsewhere)."""
+    root = folder.resolve()
+    ref = Path(reference)
+    for candidate in ([ref] if ref.is_absolute() else []) + [root / ref]:
+        path = candidate.resolve()
+        if (root in path.parents or path == root) and path.is_file():
+            return path
+    return None
+
+
+def _upload_attachments(args: argparse.Namespace, url: str, token: str, report: bytes, execution_id) -> int:
+    from atas.client import AtasError, Client
+    from atas.common.errors import ApiError
+    from atas.ingest.junit import parse_junit
+
+    try:
+        references = parse_junit(report).attachments
+    except ApiError:
+        references = []
+    uploaded, failed = 0, 0
+    with Client(url, token, timeout_s=args.timeout, retries=args.retries) as client:
+        for test_id, attempt, reference in references:
+            path = _inside(args.attachments_dir, reference)
+            if path is None:
+                print(f"  attachment {reference!r} of {test_id}: not found in {args.attachments_dir}", file=sys.stderr)
+                failed += 1
+                continue
+            try:
+                client.attach(execution_id, path, test_id=test_id, attempt=attempt)
+                uploaded += 1
+            except AtasError as exc:
+                print(f"  attachment {reference!r} of {test_id}: {exc}", file=sys.stderr)
+                failed += 1
+    print(f"  {uploaded} attachments uploaded" + (f", {failed} not" if failed else ""))
+    return 1 if failed else 0

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "env: print `export` lines; status: what is running")
     p.add_argument("--dir", default=None, help="stack folder (default: $ATAS_STACK_DIR or ./.stack)")
     p.add_argument("--only", default=None,
-                   help="comma-separated subset of postgres,redis,kafka (default: all)")
+                   help="comma-separated subset of postgres,redis,kafka,s3 (default: all)")
     p.add_argument("--purge", action="store_true", help="with down: also delete the stack's data")
     p.set_defaults(func=run)
 

@@ -142,6 +142,10 @@ class Printer:
             status = data.get("status", "?")
             self.line(f"{head} " + self._c("failed" if status in ("failed", "error") else ev.event, status)
                       + f" totals={data.get('totals')}")
+        elif ev.event == "attachment.stored":
+            test = f" {data['test_id']}#{data.get('attempt') or 1}" if data.get("test_id") else ""
+            self.line(f"{head} 📎 {data.get('name')} ({data.get('kind')}, {data.get('size_bytes')} B){test} "
+                      f"{data.get('download', '')}")
         else:
             self.line(f"{head} {ev.data}")
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 
+from atas.common.attachments import AttachmentView
 from atas.common.schemas import (
     BatchAccepted, Counts, Execution, ExecutionCreate, ExecutionFinish, JunitImported, ResultIn, Tests,
 )
@@ -142,6 +143,17 @@ class AsyncClient:
         return await self._call("POST", "/v1/junit", JunitImported, data=data, params=params,
                                 content_type="application/xml")
 
+    async def attach(self, execution_id: uuid.UUID | str, path: str | Path, *, test_id: str | None = None,
+                     attempt: int | None = None, kind: str | None = None, name: str | None = None,
+                     content_type: str | None = None, progress=None) -> AttachmentView:
+        """Upload a file (screenshot, video, trace, log) straight to object storage and link it to
+        the execution, or to ``test_id``'s ``attempt``; returns the stored attachment (with its
+        download path). Multipart for large files; ``progress(sent, total)`` after each part."""
+        from .attach import attach
+
+        return await attach(self, execution_id, path, test_id=test_id, attempt=attempt, kind=kind, name=name,
+                            content_type=content_type, progress=progress)
+
     # ------------------------------------------------------------------ transport
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -222,3 +234,6 @@ class Client:
 
     def import_junit(self, project: str, report: bytes | str | Path, **fields: Any) -> JunitImported:
         return self._run(self._client.import_junit(project, report, **fields))
+
+    def attach(self, execution_id: uuid.UUID | str, path: str | Path, **options: Any) -> AttachmentView:
+        return self._run(self._client.attach(execution_id, path, **options))

@@ -14,6 +14,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import msgspec
 
+from .storage import StorageSettings, parse_storage
+
 DEFAULT_TOPIC = "atas.events"
 
 
@@ -92,6 +94,9 @@ class Settings(msgspec.Struct, frozen=True):
     loop_stall_s: float = 120.0
     # Days of executions, results and per-test rollup days kept (`atas retention`, docs/deploy.md).
     retention_days: int = 90
+
+    # Object storage for attachments; None when STORAGE_URL is unset (attachments are then off).
+    storage: StorageSettings | None = None
 
 
 # Defaults are written once, in the structs above; the loader reads them from these instances.
@@ -363,10 +368,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
         e.problems.append(f"LOG_LEVEL must be one of debug, info, warning, error, got {log_level!r}")
         log_level = "info"
 
+    storage = parse_storage(e, mode=mode)
+
     if e.problems:
         raise ConfigError(e.problems)
     return Settings(
         db=db, redis=redis, kafka=kafka, jwt_secret=jwt_secret, port=settings_port, cache_ttl=ttl,
         drain_seconds=drain, log_level=log_level, mode=mode, loop_stall_s=loop_stall_s,
-        retention_days=retention_days,
+        retention_days=retention_days, storage=storage,
     )

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import msgspec
 
 EVENT_VERSION = 1
-EventType = Literal["execution.started", "results.recorded", "execution.finished"]
-EVENT_TYPES: tuple[str, ...] = ("execution.started", "results.recorded", "execution.finished")
+EventType = Literal["execution.started", "results.recorded", "execution.finished", "attachment.stored"]
+EVENT_TYPES: tuple[str, ...] = ("execution.started", "results.recorded", "execution.finished", "attachment.stored")
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +64,19 @@ class ExecutionFinished(msgspec.Struct, frozen=True, omit_defaults=True):
     wall_duration_ms: int | None = None  # finished_at - started_at
     results_duration_ms: int | None = None  # the sum of the results' durations
     duration_ms: int | None = None  # deprecated: the same as wall_duration_ms
+
+
+class AttachmentStored(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An uploaded object passed its completion check; ``download`` is the query path."""
+
+    id: str
+    name: str
+    kind: str
+    content_type: str
+    size_bytes: int
+    download: str
+    test_id: str | None = None
+    attempt: int | None = None
 
 
 _encoder = msgspec.json.Encoder()

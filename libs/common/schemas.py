@@ -56,9 +56,11 @@ class ExecutionCreate(_Strict):
 
 
 class Attachment(_Strict):
-    """A reference to an artefact stored elsewhere (screenshots, traces, logs)."""
+    """An artefact of a result: ``{"id": ...}`` links an attachment uploaded through
+    ``POST /v1/executions/{id}/attachments``; ``{"uri": ...}`` references one stored elsewhere."""
 
-    uri: Annotated[str, Meta(min_length=1, max_length=4096, description="e.g. s3://bucket/key.png")]
+    uri: Annotated[str, Meta(min_length=1, max_length=4096, description="e.g. s3://bucket/key.png")] | None = None
+    id: uuid.UUID | None = None
     kind: Short | None = None  # e.g. screenshot, video, trace, log
     content_type: Short | None = None
     name: Short | None = None
@@ -222,6 +224,11 @@ def limit_problem(value: Any) -> tuple[str, str] | None:
                        or _out_of_range(result.started_at, f"results[{i}].started_at"))
             if problem is not None:
                 return problem
+            for j, att in enumerate(result.attachments):
+                if (att.uri is None) == (att.id is None):
+                    return (f"results[{i}].attachments[{j}]",
+                            f"`results[{i}].attachments[{j}]` needs exactly one of `id` (an uploaded "
+                            "attachment) or `uri` (an artefact stored elsewhere)")
         return None
     if isinstance(value, ExecutionFinish):
         return _out_of_range(value.finished_at, "finished_at")

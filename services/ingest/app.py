@@ -17,7 +17,9 @@ from atas.common.engines import ENGINES, add_schema_gate
 from atas.common.heartbeat import NO_BEAT, Heartbeat, idle
 from atas.common.logging import get_logger
 
-from . import openapi
+from atas.common.storage import install_storage
+
+from . import attachments, openapi
 from .config import IngestConfig
 from .relay import OutboxRelay
 from .routes import INGEST_CONFIG, add_routes
@@ -85,6 +87,8 @@ def setup(app: web.Application, config: IngestConfig | None = None) -> None:
     app[INGEST_CONFIG] = config
     state = app[INGEST_STATE] = IngestState()
     add_routes(app)
+    install_storage(app, app[SETTINGS].storage, jwt_secret=app[SETTINGS].jwt_secret)
+    attachments.setup(app)
     add_openapi(app, openapi.fragment(config))
     # Not ready until the migrations this code writes against (V001, V01x) are applied.
     add_schema_gate(app, "ingest")

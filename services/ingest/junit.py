@@ -31,6 +31,7 @@ as the XML parser allows (no recursion here).
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 
@@ -55,6 +56,10 @@ class Report(msgspec.Struct, kw_only=True):
     started_at: datetime | None  # earliest suite timestamp, when the tool wrote one
     duration_ms: int  # wall time of the report (root `time`, else the suites' sum)
     results: list[ResultIn]
+    # (test_id, attempt, path) of files the report references with `[[ATTACHMENT|path]]` lines in a
+    # case's system-out/system-err (Jenkins, GitLab, Playwright): `atas import junit
+    # --attachments-dir` uploads them and links them to the test's final attempt.
+    attachments: list[tuple[str, int, str]] = []
 
 
 def _parse_xml(data: bytes) -> ET.Element:
@@ -235,10 +240,13 @@ def parse_junit(data: bytes) -> Report:
     # (test_id, suite) → index of its latest attempt when that testcase had no outcome element.
     bare: dict[tuple[str, int], int] = {}
     reruns: list[int] = []
+    attachments: list[tuple[str, int, str]] = []
     for case, base, suite_name, host, suite_key in cases:
         test_id = f"{base} [{host}]" if host and len(hosts[base]) > 1 else base
         first = len(results)
         results.extend(_testcase(case, test_id, suite_name, attempts))
+        final = results[-1]
+        attachments.extend((final.test_id, final.attempt, path) for path in _attachment_paths(case))
         key = (results[first].test_id, suite_key)
         if key in bare:
             reruns.append(bare.pop(key))
@@ -248,7 +256,19 @@ def parse_junit(data: bytes) -> Report:
     total_ms = _seconds_ms(root.get("time")) if tag == "testsuites" else None
     name = (root.get("name") or "").strip() or None
     return Report(name=name, started_at=min(stamps) if stamps else None,
-                  duration_ms=total_ms if total_ms is not None else suite_ms, results=results)
+                  duration_ms=total_ms if total_ms is not None else suite_ms, results=results,
+                  attachments=attachments)
+
+
+_ATTACHMENT_LINE = re.compile(r"\[\[ATTACHMENT\|([^\]\r\n]+)\]\]")
+
+
+def _attachment_paths(case: ET.Element) -> list[str]:
+    paths: list[str] = []
+    for child in case:
+        if _local(child.tag) in ("system-out", "system-err") and child.text and "[[ATTACHMENT|" in child.text:
+            paths.extend(p.strip() for p in _ATTACHMENT_LINE.findall(child.text) if p.strip())
+    return list(dict.fromkeys(paths))
 
 
 # A report longer than this is not a test run's wall time (suites' times summed without a root

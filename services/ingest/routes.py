@@ -26,7 +26,7 @@ from atas.common.schemas import (
     ExecutionCreate, ExecutionFinish, JunitImported, Label, ProjectKey, ResultBatch, Short, Url, limit_problem,
 )
 
-from . import metrics, writer
+from . import links, metrics, writer
 from .config import IngestConfig
 from .junit import parse_junit, report_window
 
@@ -147,6 +147,7 @@ async def add_results(request: web.Request) -> web.Response:
                        details={"max_results": config.max_batch})
     try:
         async with _transaction(request) as conn:
+            await links.check_result_links(conn, execution_id, batch.results)
             accepted = await writer.add_results(conn, execution_id, batch.results, config, _authorizer(principal))
     except writer.AlreadyStored:  # a retried batch: again, storing only what is new
         async with _transaction(request) as conn:

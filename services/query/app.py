@@ -12,10 +12,13 @@ import contextlib
 
 from aiohttp import web
 
-from atas.common.app import add_heartbeat, add_openapi, drop_heartbeat
+from atas.common.app import SETTINGS, add_heartbeat, add_openapi, drop_heartbeat
 from atas.common.engines import ENGINES, add_schema_gate
 from atas.common.logging import get_logger
 
+from atas.common.storage import install_storage
+
+from . import attachments
 from .cache import MemoryCacheEngine, RedisCacheEngine, ResponseCache
 from .config import QueryConfig
 from .invalidation import Invalidator
@@ -42,6 +45,8 @@ def setup(app: web.Application, config: QueryConfig | None = None) -> None:
     app[QUERY_STATE] = state
     for path, handler in ROUTES:
         app.router.add_get(path, handler, allow_head=False)
+    install_storage(app, app[SETTINGS].storage, jwt_secret=app[SETTINGS].jwt_secret)
+    attachments.setup(app)
     add_openapi(app, fragment())
     # Not ready until the rollup tables (V020) and the ingest tables it reads are migrated.
     add_schema_gate(app, "query")

@@ -303,8 +303,8 @@ class QueryRepository:
                   f"({w.arg(after[0])}, {w.arg(after[1])}::uuid, {w.arg(after[2])})")
         sql = f"""
             SELECT r.execution_id, e.name AS execution_name, r.execution_started_at, e.environment,
-                   e.branch, e.commit_sha, r.attempt, r.status, r.duration_ms, r.error_type,
-                   r.error_message
+                   e.branch, e.commit_sha, r.test_id, r.attempt, r.status, r.duration_ms, r.error_type,
+                   r.error_message, r.attachments
             FROM results r JOIN executions e ON e.id = r.execution_id
             WHERE {w.sql}
             ORDER BY r.execution_started_at DESC, r.execution_id DESC, r.attempt DESC

@@ -19,10 +19,12 @@ from aiohttp import web
 
 from atas.common.app import SETTINGS
 from atas.common.auth import Principal, authenticate, authorize, token_from_request
+from atas.common.engines import ENGINES
 from atas.common.errors import ApiError, bad_request, not_found, parse_query
 from atas.common.schemas import EARLIEST, LATEST, ProjectKey
 
 from . import cache as c
+from .attachments import attachments_of
 from . import schemas as s
 from .config import QueryConfig
 from .repository import QueryRepository, Scope
@@ -532,11 +534,12 @@ async def execution_results(request: web.Request) -> web.Response:
     more = len(rows) > limit
     rows = rows[:limit]
     cursor = encode_cursor("rs", rows[-1]["test_id"], rows[-1]["attempt"]) if more else None
+    linked = await attachments_of(request.app[ENGINES].pool, p.project, execution_id, rows)
     items = [s.Result(test_id=r["test_id"], attempt=r["attempt"], id=str(r["id"]), name=r["name"],
                       suite=r["suite"], file=r["file"], status=r["status"], started_at=r["started_at"],
                       duration_ms=r["duration_ms"], error_type=r["error_type"],
                       error_message=r["error_message"], error_trace=r["error_trace"],
-                      attachments=r["attachments"]) for r in rows]
+                      attachments=att) for r, att in zip(rows, linked)]
     return respond_uncached(request, s.ResultPage(execution_id=execution_id, items=items, next_cursor=cursor),
                             _next_link(request, cursor))
 
@@ -616,11 +619,12 @@ async def test_history(request: web.Request) -> web.Response:
         last = rows[-1]
         cursor = encode_cursor("th", last["execution_started_at"].isoformat(), str(last["execution_id"]),
                                last["attempt"], start.isoformat(), end.isoformat())
+    linked = await attachments_of(request.app[ENGINES].pool, p.project, None, rows)
     items = [s.HistoryItem(execution_id=str(r["execution_id"]), execution_name=r["execution_name"],
                            execution_started_at=r["execution_started_at"], environment=r["environment"],
                            branch=r["branch"], commit=r["commit_sha"], attempt=r["attempt"], status=r["status"],
                            duration_ms=r["duration_ms"], error_type=r["error_type"],
-                           error_message=r["error_message"]) for r in rows]
+                           error_message=r["error_message"], attachments=att) for r, att in zip(rows, linked)]
     return respond_uncached(request, s.History(project=p.project, test_id=test_id, items=items, next_cursor=cursor),
                             _next_link(request, cursor))
 

@@ -204,6 +204,7 @@ class HistoryItem(msgspec.Struct, frozen=True):
     duration_ms: int | None
     error_type: str | None
     error_message: str | None
+    attachments: Any = None  # as in Result: stored uploads with their download path, uri references
 
 
 class History(msgspec.Struct, frozen=True):

@@ -76,13 +76,24 @@ def test_request_hash_ignores_key_order_but_not_values():
     (b'{"results": [{"test_id": "", "name": "n", "status": "passed"}]}', "results[0].test_id"),
     (b'{"results": [{"test_id": "t", "name": "n", "status": "passed", "attempt": 0}]}', "results[0].attempt"),
     (b'{"results": [{"test_id": "t", "name": "n", "status": "passed", "duration_ms": -1}]}', "results[0].duration_ms"),
-    (b'{"results": [{"test_id": "t", "name": "n", "status": "passed", "attachments": [{"kind": "x"}]}]}',
-     "results[0].attachments[0].uri"),
+    (b'{"results": [{"test_id": "t", "name": "n", "status": "passed", "attachments": [{"id": "x"}]}]}',
+     "results[0].attachments[0].id"),
 ])
 def test_batch_validation_names_the_field(body, field):
     with pytest.raises(ApiError) as info:
         decode_json(body, ResultBatch)
     assert info.value.status == 422 and info.value.field == field
+
+
+@pytest.mark.parametrize("attachment", [{"kind": "x"}, {"uri": "s3://b/k", "id": str(uuid.UUID(int=1))}])
+def test_a_result_attachment_is_either_an_id_or_a_uri(attachment):
+    from atas.common.schemas import limit_problem
+
+    batch = decode_json(msgspec.json.encode({"results": [{"test_id": "t", "name": "n", "status": "passed",
+                                                          "attachments": [{"uri": "s3://b/ok"}, attachment]}]}),
+                        ResultBatch)
+    field, message = limit_problem(batch)
+    assert field == "results[0].attachments[1]" and "exactly one of `id`" in message
 
 
 def test_the_openapi_schema_matches_the_structs():
