@@ -120,7 +120,8 @@ async def _run(settings, configs: dict, args, data_dir: Path, *, embedded_pg: bo
     # Retention once a day (RETENTION_DAYS), as the atas-retention CronJob does in Kubernetes.
     from atas.common.retention_task import daily_retention
 
-    app.cleanup_ctx.append(daily_retention(settings.db.dsn, settings.retention_days))
+    app.cleanup_ctx.append(daily_retention(settings.db.dsn, settings.retention_days, storage=settings.storage,
+                                           jwt_secret=settings.jwt_secret))
 
     port = args.port or settings.port
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{port}"

@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Remove what is older than RETENTION_DAYS (default 90) days, counted from today's "
                     "UTC midnight: executions with all their results (whole monthly partitions of "
                     "`results` are dropped, never emptied row by row), per-test rollup days, and "
-                    "outbox_dead rows older than 30 days. Progress goes to stderr, a summary to "
+                    "outbox_dead rows older than 30 days, and the attachment objects of removed executions "
+                    "(when STORAGE_URL is set). Progress goes to stderr, a summary to "
                     "stdout. Safe to run while ingest is writing: no lock is waited for longer than "
                     "--lock-timeout-ms; a busy step is retried, then left for the next run. Needs "
                     "only DB_URL (and DB_USER/DB_PASSWORD). Exit status: 0 done (also when a busy "
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(run_retention(settings.db.dsn, days=settings.retention_days, dry_run=args.dry_run,
                                            batch=args.batch, lock_timeout_ms=args.lock_timeout_ms,
-                                           progress=progress))
+                                           progress=progress, storage=settings.storage,
+                                           jwt_secret=settings.jwt_secret))
     except UNAVAILABLE_ERRORS as exc:
         print(f"atas: cannot reach the database at {settings.db.redacted()}: {type(exc).__name__}: {exc}",
               file=sys.stderr)

@@ -42,6 +42,7 @@ import asyncpg
 
 from atas.common.logging import get_logger
 
+from .storage import StorageUnavailable
 from .retention_plan import (
     OUTBOX_DEAD_DAYS, Partition, Progress, Report, cutoff_for, result_partitions, split_partitions,
 )
@@ -122,9 +123,12 @@ class Retention:
 
     def __init__(self, conn: asyncpg.Connection, *, days: int, dry_run: bool = False, batch: int = 5000,
                  lock_timeout_ms: int = 2000, retries: int = 5, now: datetime | None = None,
-                 progress: Progress | None = None, objects: ObjectRemover | None = None):
+                 progress: Progress | None = None, objects: ObjectRemover | None = None,
+                 storage_known: bool = False):
         self.conn = conn
         self.objects = objects
+        # A dry run opens no store but counts the objects a real run with one would delete.
+        self.storage_known = storage_known or objects is not None
         self.batch = batch
         self.lock_timeout_ms = lock_timeout_ms
         self.retries = retries
@@ -188,7 +192,15 @@ class Retention:
             r.removed[table].add(row["n"], row["size"])
             self.progress(f"would delete {row['n']} rows from {table}")
         if await self._attachments_exist():
-            r.notes.append(ATTACHMENTS_NOTE)
+            row = await c.fetchrow(
+                "SELECT count(*) AS n, coalesce(sum(a.size_bytes), 0) AS size FROM attachments a "
+                "JOIN executions e ON e.id = a.execution_id WHERE e.started_at < $1 AND a.state = 'stored'",
+                self.cutoff)
+            if self.storage_known:
+                r.removed["attachment_objects"].add(row["n"], row["size"])
+                self.progress(f"would delete {row['n']} attachment objects")
+            elif row["n"]:
+                r.notes.append(ATTACHMENTS_NOTE)
 
     # ------------------------------------------------------------------ steps
 
@@ -199,7 +211,9 @@ class Retention:
         for attempt in range(self.retries + 1):
             try:
                 return await step()
-            except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+            except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError, StorageUnavailable) as exc:
+                # StorageUnavailable: the object store did not answer while removing the objects
+                # of a batch; its rows stay (the transaction rolls back) until the store is back.
                 if attempt == self.retries:
                     self.report.deferred.append(what)
                     self.progress(f"{what}: still busy after {self.retries + 1} tries ({exc}); left for the next run")
@@ -324,8 +338,7 @@ class Retention:
         """Step "objects of removed executions": the stored attachment objects of executions about
         to be removed → (objects, bytes).
 
-        A no-op while the ``attachments`` table does not exist (no migration of this build creates
-        it; V016 will). With it, the objects under ``<project>/<execution>/`` (the key layout of
+        A no-op while the ``attachments`` table does not exist (databases before V016). With it, the objects under ``<project>/<execution>/`` (the key layout of
         DESIGN.md) go through ``objects`` — within the caller's transaction and *before* the
         execution's rows, so that a failure leaves the execution for the next run instead of its
         objects without an owner. Without an ``objects`` remover the report says so, and the bucket
@@ -344,19 +357,50 @@ class Retention:
 ATTACHMENTS_NOTE = ("attachment objects of removed executions are not deleted by this run: "
                     "expire them with the bucket lifecycle rule (docs/deploy.md, Data lifecycle)")
 
+def store_remover(store, conn: asyncpg.Connection) -> ObjectRemover:
+    """The :data:`ObjectRemover` of an opened object store (``atas.common.storage``): every object
+    under ``<project>/<execution>/`` goes, unfinished multipart uploads are aborted; the bytes are
+    the stored attachments' sizes, read on ``conn`` inside the step's transaction."""
+    from .storage import delete_execution_objects
+
+    async def remove(pairs: list[tuple[str, uuid.UUID]]) -> tuple[int, int]:
+        size = await conn.fetchval(
+            "SELECT coalesce(sum(size_bytes), 0) FROM attachments WHERE execution_id = ANY($1::uuid[]) "
+            "AND state = 'stored'", [eid for _project, eid in pairs])
+        objects = 0
+        for project, eid in pairs:
+            objects += await delete_execution_objects(store, project, str(eid))
+        return objects, int(size)
+
+    return remove
+
+
 async def run_retention(dsn: str, *, days: int, dry_run: bool = False, batch: int = 5000,
-                        lock_timeout_ms: int = 2000, progress: Progress | None = None) -> Report:
-    """Connect to ``dsn``, run retention once, and count what it removed in the metrics."""
+                        lock_timeout_ms: int = 2000, progress: Progress | None = None,
+                        storage=None, jwt_secret: str = "") -> Report:
+    """Connect to ``dsn``, run retention once, and count what it removed in the metrics.
+
+    ``storage`` (:class:`atas.common.storage.StorageSettings`, from ``STORAGE_URL``): the object
+    store whose attachment objects of removed executions are deleted with them; without it they
+    are left to the bucket's lifecycle rule (the summary says so)."""
     from atas.common.db import connect
 
     from . import retention_task
 
+    store = None
+    if storage is not None and not dry_run:
+        from .storage import open_store
+
+        store = open_store(storage, jwt_secret=jwt_secret)
     conn = await connect(dsn, application_name="atas-retention")
     try:
+        objects = store_remover(store, conn) if store is not None else None
         report = await Retention(conn, days=days, dry_run=dry_run, batch=batch, lock_timeout_ms=lock_timeout_ms,
-                                 progress=progress).run()
+                                 progress=progress, objects=objects, storage_known=storage is not None).run()
     finally:
         await conn.close()
+        if store is not None:
+            await store.close()
     if not dry_run:
         retention_task.record(report)
     return report

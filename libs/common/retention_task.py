@@ -38,8 +38,8 @@ def record(report) -> None:
     LAST_SUCCESS.set_to_current_time()
 
 
-def daily_retention(dsn: str, days: int, *, first_run_s: float = DEV_FIRST_RUN_S,
-                    interval_s: float = DEV_INTERVAL_S) -> Callable[[object], AsyncIterator[None]]:
+def daily_retention(dsn: str, days: int, *, storage=None, jwt_secret: str = "",
+                    first_run_s: float = DEV_FIRST_RUN_S, interval_s: float = DEV_INTERVAL_S) -> Callable[[object], AsyncIterator[None]]:
     """A ``cleanup_ctx`` entry that runs retention on ``dsn`` every ``interval_s`` while the app runs.
 
     A failed run is logged and tried again at the next interval; stopping the app cancels a run
@@ -52,7 +52,7 @@ def daily_retention(dsn: str, days: int, *, first_run_s: float = DEV_FIRST_RUN_S
         await asyncio.sleep(first_run_s)
         while True:
             try:
-                report = await run_retention(dsn, days=days)
+                report = await run_retention(dsn, days=days, storage=storage, jwt_secret=jwt_secret)
                 log.info("retention run finished", **{t: v.rows for t, v in report.removed.items()},
                          partitions_dropped=len(report.partitions_dropped), deferred=len(report.deferred),
                          seconds=round(report.seconds, 2))
