@@ -193,7 +193,7 @@ class Retention:
             self.progress(f"would delete {row['n']} rows from {table}")
         if await self._attachments_exist():
             row = await c.fetchrow(
-                "SELECT count(*) AS n, coalesce(sum(a.size_bytes), 0) AS size FROM attachments a "
+                "SELECT count(*) AS n, coalesce(sum(a.size_bytes), 0)::bigint AS size FROM attachments a "
                 "JOIN executions e ON e.id = a.execution_id WHERE e.started_at < $1 AND a.state = 'stored'",
                 self.cutoff)
             if self.storage_known:
