@@ -59,6 +59,19 @@ def _dev_secret(data_dir: Path) -> str:
     return secret
 
 
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (checked before PostgreSQL starts), else None."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+            sock.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from atas.common.config import ConfigError, load_settings
     from atas.common.logging import configure_logging
@@ -71,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
         env["JWT_SECRET"] = _dev_secret(data_dir)
     if args.port:
         env["PORT"] = str(args.port)
+    port = args.port or (int(env["PORT"]) if env.get("PORT", "").isdigit() else 8080)
+    problem = _port_taken(args.host, port)
+    if problem is not None:
+        print(f"atas: cannot listen on {args.host}:{port} ({problem}); stop what uses it or pick "
+              "another with --port", file=sys.stderr)
+        return 2
     stack = None
     if not env.get("DB_URL"):
         stack = Stack(data_dir / "stack")
@@ -79,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
         except StackError as exc:
             print(f"atas: {exc}", file=sys.stderr)
             return 1
+        # `atas stack env --dir <data-dir>/stack` prints this stack's JWT_SECRET: make it the one
+        # the servers verify with, so tokens minted with it are accepted.
+        state = stack.load_state()
+        if state.get("jwt_secret") != env["JWT_SECRET"]:
+            state["jwt_secret"] = env["JWT_SECRET"]
+            stack._save_state(state)
     try:
         try:
             settings = load_settings(env, mode="dev")
@@ -122,22 +147,29 @@ async def _run(settings, args, data_dir: Path, *, embedded_pg: bool) -> int:
     ready = asyncio.Event()
     demo_task: asyncio.Task | None = None
 
+    engines = [
+        "PostgreSQL " + ("embedded" if embedded_pg else "from DB_URL"),
+        f"Kafka {settings.kafka.bootstrap_servers}" if settings.kafka else "events in-process",
+        f"Redis {settings.redis.host}:{settings.redis.port}" if settings.redis else "cache and fan-out in-process",
+    ]
+
     async def announce() -> None:
         await ready.wait()
-        engines = [
-            "PostgreSQL " + ("embedded" if embedded_pg else "from DB_URL"),
-            f"Kafka {settings.kafka.bootstrap_servers}" if settings.kafka else "events in-process",
-            f"Redis {settings.redis.host}:{settings.redis.port}" if settings.redis else "cache and fan-out in-process",
-        ]
         print(_banner(base, token, args.project, engines, data_dir), file=sys.stderr, flush=True)
 
     async def demo() -> None:
         await ready.wait()
         from atas.cli.load import run_load
 
+        if await _has_executions(base, token, args.project):
+            print(f"[atas dev] project {args.project!r} already holds executions; not adding demo data again",
+                  file=sys.stderr, flush=True)
+            return
         print("[atas dev] filling project %r with demo data..." % args.project, file=sys.stderr, flush=True)
         summary = await run_load(base, token, project=args.project, executions=30, tests=120,
                                  concurrency=4, progress=False)
+        # The demo's requests logged a screenful: say again where things are, last.
+        print(_banner(base, token, args.project, engines, data_dir), file=sys.stderr, flush=True)
         print(f"[atas dev] demo data ready: {summary.describe()}", file=sys.stderr, flush=True)
 
     announcer = asyncio.create_task(announce())
@@ -150,6 +182,16 @@ async def _run(settings, args, data_dir: Path, *, embedded_pg: bool) -> int:
             if task is not None and not task.done():
                 task.cancel()
     return 0
+
+
+async def _has_executions(base: str, token: str, project: str) -> bool:
+    """Whether ``project`` already holds an execution (a second ``--demo`` adds nothing)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/v1/executions", params={"project": project, "limit": "1"},
+                               headers={"Authorization": f"Bearer {token}"}) as resp:
+            return resp.status == 200 and bool((await resp.json())["items"])
 
 
 def _banner(base: str, token: str, project: str, engines: list[str], data_dir: Path) -> str:
@@ -166,6 +208,9 @@ def _banner(base: str, token: str, project: str, engines: list[str], data_dir: P
 
     export ATAS_URL={base}
     export ATAS_TOKEN={token}
+
+  A token for one project and scope (signed with this server's secret, {data_dir / 'jwt_secret'}):
+    atas token -p {project} -s ingest:write --ttl 86400
 
   Try:  curl -H "Authorization: Bearer $ATAS_TOKEN" "$ATAS_URL/v1/dashboard/overview?project={project}"
   Stop: Ctrl-C

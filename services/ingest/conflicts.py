@@ -19,13 +19,15 @@ import msgspec
 from atas.common.errors import ApiError
 from atas.common.schemas import ResultIn
 
-# Stored results a batch meets again: by (test_id, attempt) or by client id (both unique).
+# Stored results a batch meets again by (test_id, attempt). A result met again only by its client
+# `id` stays a plain duplicate (documented: the id names the result, whatever else was sent), and
+# ids are not compared: a harness that draws a fresh id for each send still retries harmlessly.
 _STORED_RESULTS = """
-SELECT test_id, attempt, id, name, suite, file, status, started_at, duration_ms, error_type, error_message,
+SELECT test_id, attempt, name, suite, file, status, started_at, duration_ms, error_type, error_message,
        error_trace, attachments, attributes
 FROM results
 WHERE execution_started_at = $1 AND execution_id = $2
-  AND ((test_id, attempt) IN (SELECT * FROM unnest($3::text[], $4::int[])) OR id = ANY($5::uuid[]))
+  AND (test_id, attempt) IN (SELECT * FROM unnest($3::text[], $4::int[]))
 """
 _COMPARED = ("name", "suite", "file", "status", "started_at", "duration_ms", "error_type", "error_message",
              "error_trace")
@@ -39,10 +41,6 @@ def _differences(r: ResultIn, stored: dict[str, Any]) -> list[str]:
         fields.append("attachments")
     if (r.attributes or None) != (stored["attributes"] or None):
         fields.append("attributes")
-    if r.id is not None and stored["id"] is not None and r.id != stored["id"]:
-        fields.append("id")
-    if (r.test_id, r.attempt) != (stored["test_id"], stored["attempt"]):
-        fields.append("test_id/attempt")
     return fields
 
 
@@ -55,21 +53,17 @@ async def check_conflicts(conn: asyncpg.Connection, started_at: datetime, execut
     Runs only on the retry path, under the execution's row lock, so concurrent batches cannot race
     past it."""
     rows = await conn.fetch(_STORED_RESULTS, started_at, execution_id, [r.test_id for r in results],
-                            [r.attempt for r in results], [r.id for r in results if r.id is not None])
+                            [r.attempt for r in results])
     by_key: dict[tuple[str, int], dict[str, Any]] = {(row["test_id"], row["attempt"]): dict(row) for row in rows}
-    by_id: dict[uuid.UUID, dict[str, Any]] = {row["id"]: dict(row) for row in rows}
     conflicts: list[dict[str, Any]] = []
     first_index = None
     for i, r in enumerate(results):
-        stored = by_key.get((r.test_id, r.attempt)) or (by_id.get(r.id) if r.id is not None else None)
+        stored = by_key.get((r.test_id, r.attempt))
         if stored is None:
             # Later results of the batch are compared with this one.
             as_row = {f: getattr(r, f) for f in _COMPARED}
-            as_row.update(test_id=r.test_id, attempt=r.attempt, id=r.id,
-                          attachments=msgspec.to_builtins(r.attachments) or None, attributes=r.attributes or None)
+            as_row.update(attachments=msgspec.to_builtins(r.attachments) or None, attributes=r.attributes or None)
             by_key[(r.test_id, r.attempt)] = as_row
-            if r.id is not None:
-                by_id[r.id] = as_row
             continue
         fields = _differences(r, stored)
         if fields:

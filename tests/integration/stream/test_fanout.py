@@ -290,7 +290,7 @@ async def test_auth_errors_and_bad_parameters(two_pods, http, token):
 
 async def test_the_stream_ends_when_the_token_expires(two_pods, sse, token):
     a, _b = await two_pods()
-    # exp in ~2 s (verification allows 30 s of leeway at connect; the stream honours exp itself)
+    # exp in ~2 s: the stream ends at exp + the 5 s skew allowance, the same deadline as REST
     client = await sse(f"{a.url}/v1/stream?project=demo", {"Authorization": f"Bearer {token(ttl=2)}"})
     got = await client.read_events(1, kinds={"end"}, timeout=30)
     assert json.loads(got[0].data)["reason"] == "token_expired"
