@@ -104,7 +104,8 @@ def explain(reason: str, root: Any, path: str | None, *, noun: str = "field") ->
         accepted = f"; valid values: {', '.join(map(str, values))}" if values else ""
         return f"{where} has the invalid value {m.group(1)}{accepted}", path
     if m := _REGEX.match(reason):
-        words = _PATTERN_WORDS.get(m.group(1), "a value of another form")
+        # msgspec quotes the pattern with its backslashes doubled
+        words = _PATTERN_WORDS.get(m.group(1).replace("\\\\", "\\"), "a value of another form")
         return f"{where} is not valid: expected {words}", path
     if m := _LENGTH.match(reason):
         kind, op, n = m.groups()
