@@ -649,5 +649,6 @@ ROUTES = [
     ("/v1/tests/failing", _tests_handler("failing")),
     ("/v1/tests/slowest", _tests_handler("slowest")),
     ("/v1/tests/flaky", _tests_handler("flaky")),
-    ("/v1/tests/{test_id:.+}/history", test_history),
+    # [\s\S], not `.`: a test id may hold a newline (ingest stores what harnesses send)
+    ("/v1/tests/{test_id:[\s\S]+}/history", test_history),
 ]
