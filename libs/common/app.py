@@ -24,7 +24,7 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from . import metrics
+from . import cors, metrics
 from .config import Settings
 from .db import UNAVAILABLE_ERRORS
 from .errors import ApiError, json_error
@@ -183,6 +183,7 @@ def create_app(settings: Settings, service: str, *, client_max_size: int = 1024 
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
         "security": [{"bearer": []}],
     }
+    cors.install(app, settings.cors_origins)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

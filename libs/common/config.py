@@ -86,6 +86,8 @@ class Settings(msgspec.Struct, frozen=True):
     drain_seconds: float = 20.0
     log_level: str = "info"
     mode: Literal["serve", "dev"] = "serve"
+    # Origins whose scripts may call the API (CORS_ALLOWED_ORIGINS); empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
 
 
 class EnvReader:
@@ -345,9 +347,14 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
         e.problems.append(f"LOG_LEVEL must be one of debug, info, warning, error, got {log_level!r}")
         log_level = "info"
 
+    from .cors import parse_origins
+
+    cors_origins, cors_problems = parse_origins(e.str("CORS_ALLOWED_ORIGINS"))
+    e.problems.extend(cors_problems)
+
     if e.problems:
         raise ConfigError(e.problems)
     return Settings(
         db=db, redis=redis, kafka=kafka, jwt_secret=jwt_secret, port=settings_port, cache_ttl=ttl,
-        drain_seconds=drain, log_level=log_level, mode=mode,
+        drain_seconds=drain, log_level=log_level, mode=mode, cors_origins=cors_origins,
     )

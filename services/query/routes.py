@@ -650,5 +650,5 @@ ROUTES = [
     ("/v1/tests/slowest", _tests_handler("slowest")),
     ("/v1/tests/flaky", _tests_handler("flaky")),
     # [\s\S], not `.`: a test id may hold a newline (ingest stores what harnesses send)
-    ("/v1/tests/{test_id:[\s\S]+}/history", test_history),
+    (r"/v1/tests/{test_id:[\s\S]+}/history", test_history),
 ]
