@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 SERVICES = ("ingest", "query", "stream")
+DEMO_SEED = 1
 
 
 def default_data_dir() -> Path:
@@ -166,8 +167,10 @@ async def _run(settings, args, data_dir: Path, *, embedded_pg: bool) -> int:
                   file=sys.stderr, flush=True)
             return
         print("[atas dev] filling project %r with demo data..." % args.project, file=sys.stderr, flush=True)
+        # A fixed seed: every new user sees the same story (most runs pass; a few failing tests;
+        # flaky tests that disagree on re-runs of one commit), dated relative to now.
         summary = await run_load(base, token, project=args.project, executions=30, tests=120,
-                                 concurrency=4, progress=False)
+                                 concurrency=4, progress=False, seed=DEMO_SEED)
         # The demo's requests logged a screenful: say again where things are, last.
         print(_banner(base, token, args.project, engines, data_dir), file=sys.stderr, flush=True)
         print(f"[atas dev] demo data ready: {summary.describe()}", file=sys.stderr, flush=True)

@@ -180,8 +180,9 @@ def parse_query(type_: type[T], request: web.Request) -> T:
     params: dict[str, Any] = {}
     for key in request.query:
         if key not in accepted:
-            raise ApiError(400, "unknown_parameter", f"unknown query parameter `{key[:64]}`; accepted: "
-                                                     f"{', '.join(accepted)}", field=key[:64])
+            known = f"accepted: {', '.join(accepted)}" if accepted else "this endpoint takes no query parameters"
+            raise ApiError(400, "unknown_parameter", f"unknown query parameter `{key[:64]}`; {known}",
+                           field=key[:64])
         values = request.query.getall(key)
         if any("\x00" in v for v in values):
             raise ApiError(400, "invalid_parameter", f"NUL characters are not allowed in query parameter `{key}`",

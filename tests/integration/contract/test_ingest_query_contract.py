@@ -151,6 +151,8 @@ async def test_unknown_and_malformed_parameters_are_400_naming_them_everywhere(a
         ("get", "/v1/dashboard/overview?project=demo&limt=3", "limt", "accepted:"),
         ("get", f"/v1/executions/{uuid.uuid4()}?projekt=demo", "projekt", "accepted: project"),
         ("post", "/v1/junit?project=demo&nmae=x", "nmae", "accepted: project"),
+        ("post", "/v1/executions?project=demo", "project", "takes no query parameters"),
+        ("post", f"/v1/executions/{uuid.uuid4()}/finish?status=passed", "status", "takes no query parameters"),
         ("get", "/v1/executions?project=demo&status=passed&status=failed", "status", "send it once"),
         ("get", "/v1/executions?project=demo&limit=ten", "limit", "an integer"),
         ("get", "/v1/executions?project=bad%20key", "project", "letters, digits"),
