@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 SERVICES = ("ingest", "query", "stream")
+DEMO_SEED = 1
 
 
 def default_data_dir() -> Path:
@@ -61,6 +62,19 @@ def _dev_secret(data_dir: Path) -> str:
     return secret
 
 
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (checked before PostgreSQL starts), else None."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+            sock.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from atas.cli.common import configs_or_exit
     from atas.common.logging import configure_logging
@@ -79,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
     # Every variable is checked before anything starts (the embedded PostgreSQL included); the
     # database URL is filled in below, once the embedded server is up.
     settings, configs = configs_or_exit(SERVICES, mode="dev", env=env)
+    port = args.port or settings.port
+    problem = _port_taken(args.host, port)
+    if problem is not None:
+        print(f"atas: cannot listen on {args.host}:{port} ({problem}); stop what uses it or pick "
+              "another with --port", file=sys.stderr)
+        return 2
     stack = None
     if not env.get("DB_URL"):
         stack = Stack(data_dir / "stack")
@@ -87,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
         except StackError as exc:
             print(f"atas: {exc}", file=sys.stderr)
             return 1
+        # `atas stack env --dir <data-dir>/stack` prints this stack's JWT_SECRET: make it the one
+        # the servers verify with, so tokens minted with it are accepted.
+        state = stack.load_state()
+        if state.get("jwt_secret") != env["JWT_SECRET"]:
+            state["jwt_secret"] = env["JWT_SECRET"]
+            stack._save_state(state)
     try:
         if stack is not None:
             settings, _ = configs_or_exit((), mode="dev", env=env)
@@ -132,23 +158,32 @@ async def _run(settings, configs: dict, args, data_dir: Path, *, embedded_pg: bo
     ready = asyncio.Event()
     demo_task: asyncio.Task | None = None
 
+    engines = [
+        "PostgreSQL " + ("embedded" if embedded_pg else "from DB_URL"),
+        f"Kafka {settings.kafka.bootstrap_servers}" if settings.kafka else "events in-process",
+        f"Redis {settings.redis.host}:{settings.redis.port}" if settings.redis else "cache and fan-out in-process",
+        f"attachments {settings.storage.url}" if settings.storage else "attachments off",
+    ]
+
     async def announce() -> None:
         await ready.wait()
-        engines = [
-            "PostgreSQL " + ("embedded" if embedded_pg else "from DB_URL"),
-            f"Kafka {settings.kafka.bootstrap_servers}" if settings.kafka else "events in-process",
-            f"Redis {settings.redis.host}:{settings.redis.port}" if settings.redis else "cache and fan-out in-process",
-            f"attachments {settings.storage.url}" if settings.storage else "attachments off",
-        ]
         print(_banner(base, token, args.project, engines, data_dir), file=sys.stderr, flush=True)
 
     async def demo() -> None:
         await ready.wait()
         from atas.cli.load import run_load
 
+        if await _has_executions(base, token, args.project):
+            print(f"[atas dev] project {args.project!r} already holds executions; not adding demo data again",
+                  file=sys.stderr, flush=True)
+            return
         print("[atas dev] filling project %r with demo data..." % args.project, file=sys.stderr, flush=True)
+        # A fixed seed: every new user sees the same story (most runs pass; a few failing tests;
+        # flaky tests that disagree on re-runs of one commit), dated relative to now.
         summary = await run_load(base, token, project=args.project, executions=30, tests=120,
-                                 concurrency=4, progress=False)
+                                 concurrency=4, progress=False, seed=DEMO_SEED)
+        # The demo's requests logged a screenful: say again where things are, last.
+        print(_banner(base, token, args.project, engines, data_dir), file=sys.stderr, flush=True)
         print(f"[atas dev] demo data ready: {summary.describe()}", file=sys.stderr, flush=True)
 
     announcer = asyncio.create_task(announce())
@@ -161,6 +196,16 @@ async def _run(settings, configs: dict, args, data_dir: Path, *, embedded_pg: bo
             if task is not None and not task.done():
                 task.cancel()
     return 0
+
+
+async def _has_executions(base: str, token: str, project: str) -> bool:
+    """Whether ``project`` already holds an execution (a second ``--demo`` adds nothing)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/v1/executions", params={"project": project, "limit": "1"},
+                               headers={"Authorization": f"Bearer {token}"}) as resp:
+            return resp.status == 200 and bool((await resp.json())["items"])
 
 
 def _banner(base: str, token: str, project: str, engines: list[str], data_dir: Path) -> str:
@@ -177,6 +222,9 @@ def _banner(base: str, token: str, project: str, engines: list[str], data_dir: P
 
     export ATAS_URL={base}
     export ATAS_TOKEN={token}
+
+  A token for one project and scope (signed with this server's secret, {data_dir / 'jwt_secret'}):
+    atas token -p {project} -s ingest:write --ttl 86400
 
   Try:  curl -H "Authorization: Bearer $ATAS_TOKEN" "$ATAS_URL/v1/dashboard/overview?project={project}"
   Stop: Ctrl-C

@@ -1,9 +1,12 @@
 """``atas load``: a synthetic harness that reports realistic test runs to an ingest endpoint.
 
 Each test of the synthetic suite has a stable profile, so dashboards show what real suites show:
-most tests pass with log-normally distributed durations, a few are slow, a few are broken on some
-branches, some are flaky (fail now and then and usually pass on a retry), a few are skipped and a
-few error. Failed tests are retried up to ``--retries`` times, each attempt reported as a result.
+most runs pass. Durations are log-normal (a few tests are slow); one test regresses now and then;
+a test or two are broken on feature branches only; a handful are flaky — they fail now and then and
+usually pass on a retry, sometimes not even then — and a few are skipped. Commits are run twice
+(a scheduled run and a re-run of the same commit and environment), so a flaky test shows up as one
+whose outcome differed on the same commit (`flaky_commits`) as well as by its retry passes. Failed
+tests are retried up to ``--retries`` times, each attempt reported as a result.
 """
 
 from __future__ import annotations
@@ -46,24 +49,35 @@ class TestProfile:
     flaky_p: float    # chance an attempt fails intermittently (a retry usually passes)
     skip: bool
     error_p: float
+    sticky_p: float = 0.0         # flaky: chance the intermittent failure lasts through every retry
+    feature_only: bool = False    # broken on feature branches only (fail_p applies there)
 
 
 def make_suite(n: int, rng: random.Random) -> list[TestProfile]:
+    """``n`` tests: a handful flaky, one or two broken on feature branches, one that regresses now
+    and then, ~3% skipped, the rest healthy. The counts are fixed, not proportional, so a run of a
+    big suite still passes most of the time, as real suites do."""
+    flaky = set(rng.sample(range(n), min(n, max(2, min(5, n // 30)))))
+    rest = [i for i in range(n) if i not in flaky]
+    broken = set(rng.sample(rest, min(len(rest), max(1, n // 100))))
+    rest = [i for i in rest if i not in broken]
+    regressing = set(rng.sample(rest, min(len(rest), 1)))
     suite = []
     for i in range(n):
         module = _MODULES[i % len(_MODULES)]
         feature = _FEATURES[(i // len(_MODULES)) % len(_FEATURES)]
         file = f"tests/{module}/test_{module}.py"
         name = f"test_{feature}_{i}"
-        roll = rng.random()
         suite.append(TestProfile(
             test_id=f"{file}::{name}", name=name, suite=f"tests.{module}", file=file,
             # log-normal durations with a long tail: most tests are fast, a few take seconds
             median_ms=rng.lognormvariate(4.5, 1.0),
-            fail_p=0.6 if roll < 0.02 else 0.002,
-            flaky_p=0.25 if 0.02 <= roll < 0.07 else 0.0,
-            skip=0.07 <= roll < 0.10,
-            error_p=0.003,
+            fail_p=0.8 if i in broken else 0.03 if i in regressing else 0.0,
+            feature_only=i in broken,
+            flaky_p=0.2 if i in flaky else 0.0,
+            sticky_p=0.03 if i in flaky else 0.0,
+            skip=i not in flaky and i not in broken and rng.random() < 0.03,
+            error_p=0.0002,
         ))
     return suite
 
@@ -93,7 +107,8 @@ def run_execution_results(suite: list[TestProfile], rng: random.Random, retries:
             out.append(ResultIn(test_id=t.test_id, name=t.name, suite=t.suite, file=t.file, status="skipped",
                                 duration_ms=0))
             continue
-        real_failure = rng.random() < (t.fail_p * (1.5 if broken_branch else 1.0))
+        fail_p = t.fail_p if broken_branch or not t.feature_only else 0.0
+        real_failure = rng.random() < fail_p or rng.random() < t.sticky_p
         for attempt in range(1, retries + 2):
             duration = int(max(1.0, rng.gauss(t.median_ms, t.median_ms * 0.15)))
             if rng.random() < t.error_p:
@@ -149,6 +164,7 @@ async def run_load(url: str, token: str, *, project: str, executions: int, tests
 
     rng = random.Random(seed)
     suite = make_suite(tests, rng)
+    base = rng.random()  # per-execution generators derive from it: reproducible with --seed
     summary = Summary()
     bar = _Progress(executions, progress)
     encoder = msgspec.json.Encoder()
@@ -179,15 +195,21 @@ async def run_load(url: str, token: str, *, project: str, executions: int, tests
                 i = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            exec_rng = random.Random(rng.random())
-            branch = exec_rng.choice(["main", "main", "main", "release/2.4", f"feature/{exec_rng.choice(_FEATURES)}"])
+            exec_rng = random.Random(f"{base}-{i}")
+            # Executions come in pairs on one commit and environment (a scheduled run and its re-run),
+            # as CI re-runs do: that is where a flaky test is seen passing and failing on one commit.
+            commit_rng = random.Random(f"{base}-commit-{i // 2}")
+            branch = commit_rng.choice(["main", "main", "main", "release/2.4", f"feature/{commit_rng.choice(_FEATURES)}"])
+            environment = commit_rng.choice(["ci", "ci", "staging"])
+            commit = f"{commit_rng.getrandbits(160):040x}"
             # spread start times evenly over the last `days`, oldest first
             started_at = now - timedelta(days=days) * (1 - (i + 1) / executions) if days else now
             exec_id = uuid.uuid4()
+            kind = "nightly" if branch == "main" else "pr build"
             await post(session, "/v1/executions", ExecutionCreate(
-                project=project, id=exec_id, name=f"nightly #{i + 1}" if branch == "main" else f"pr build #{i + 1}",
-                environment=exec_rng.choice(["ci", "ci", "staging"]), branch=branch,
-                commit=f"{exec_rng.getrandbits(160):040x}", build_url=f"https://ci.example/builds/{i + 1}",
+                project=project, id=exec_id, name=f"{kind} #{i + 1}" + (" (re-run)" if i % 2 else ""),
+                environment=environment, branch=branch, commit=commit,
+                build_url=f"https://ci.example/builds/{i + 1}",
                 started_at=started_at, attributes={"runner": f"runner-{exec_rng.randint(1, 8)}", "synthetic": True},
             ))
             results = run_execution_results(suite, exec_rng, retries, broken_branch=branch.startswith("feature/"))

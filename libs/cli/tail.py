@@ -132,22 +132,34 @@ class Printer:
             extra = " ".join(f"{k}={data[k]}" for k in ("name", "branch", "environment") if data.get(k))
             self.line(f"{head} {extra}")
         elif ev.event == "results.recorded":
-            counts = " ".join(f"{k}={v}" for k, v in sorted((data.get("counts") or {}).items()))
-            totals = " ".join(f"{k}={v}" for k, v in sorted((data.get("totals") or {}).items()))
-            self.line(f"{head} +[{counts}] total[{totals}]")
+            self.line(f"{head} +{describe_counts(data.get('counts'))}  (so far: "
+                      f"{describe_counts(data.get('totals'))})")
             for test in data.get("failed") or []:
                 msg = (test.get("error_message") or "").splitlines()[0:1]
                 self.line("    " + self._c("failed", f"✗ {test.get('test_id')}") + (f"  {msg[0][:120]}" if msg else ""))
         elif ev.event == "execution.finished":
             status = data.get("status", "?")
             self.line(f"{head} " + self._c("failed" if status in ("failed", "error") else ev.event, status)
-                      + f" totals={data.get('totals')}")
+                      + f"  {describe_counts(data.get('totals'))}")
         elif ev.event == "attachment.stored":
             test = f" {data['test_id']}#{data.get('attempt') or 1}" if data.get("test_id") else ""
             self.line(f"{head} 📎 {data.get('name')} ({data.get('kind')}, {data.get('size_bytes')} B){test} "
                       f"{data.get('download', '')}")
         else:
             self.line(f"{head} {ev.data}")
+
+
+_ORDER = ("passed", "failed", "error", "skipped", "flaky")
+
+
+def describe_counts(counts) -> str:
+    """``{"total": 12, "passed": 10, "failed": 2}`` → ``12 results: 10 passed, 2 failed`` (zeros left out)."""
+    if not isinstance(counts, dict):
+        return "" if counts is None else str(counts)
+    parts = [f"{counts[k]} {k}" for k in _ORDER if counts.get(k)]
+    parts += [f"{v} {k}" for k, v in sorted(counts.items()) if k not in _ORDER and k != "total" and v]
+    total = counts.get("total", sum(v for k, v in counts.items() if k in _ORDER[:4] and isinstance(v, int)))
+    return f"{total} result{'s' if total != 1 else ''}" + (f": {', '.join(parts)}" if parts else "")
 
 
 def stream_url(base: str, project: str, execution: str | None, types: str | None) -> str:
@@ -216,6 +228,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.url:
         print("atas: give the stream URL with --url or $ATAS_STREAM_URL / $ATAS_URL", file=sys.stderr)
         return 2
+    if args.execution:
+        import uuid
+
+        try:
+            args.execution = str(uuid.UUID(args.execution))
+        except ValueError:
+            print(f"atas: --execution must be an execution id (a UUID such as "
+                  f"1b4e28ba-2fa1-11d2-883f-0016d3cca427), got {args.execution!r}", file=sys.stderr)
+            return 2
     url = stream_url(args.url, args.project, args.execution, args.types)
     printer = Printer(as_json=args.json)
     try:

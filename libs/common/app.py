@@ -25,7 +25,7 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from . import metrics
+from . import cors, metrics
 from .config import Settings
 from .db import UNAVAILABLE_ERRORS
 from .errors import ApiError, json_error
@@ -42,6 +42,7 @@ READINESS_CHECKS = web.AppKey("atas_readiness_checks", dict)
 DRAINING = web.AppKey("atas_draining", asyncio.Event)
 OPENAPI = web.AppKey("atas_openapi", dict)
 HEARTBEATS = web.AppKey("atas_heartbeats", dict)  # loop name -> Heartbeat
+MAX_REQUEST_LINE = 64 * 1024
 
 _RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _encoder = msgspec.json.Encoder()
@@ -197,6 +198,7 @@ def create_app(settings: Settings, service: str, *, client_max_size: int = 1024 
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
         "security": [{"bearer": []}],
     }
+    cors.install(app, settings.cors_origins)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -225,7 +227,11 @@ async def serve(app: web.Application, *, host: str = "0.0.0.0", port: int = 8080
                 drain_seconds: float = 20.0, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     """Run ``app`` until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=drain_seconds)
+    # Request lines up to 64 KiB (aiohttp's default is 8 KiB): parameters the API accepts (a 4,096-
+    # character build_url and 1,024-character labels, percent-encoded) must reach the handlers,
+    # which answer JSON; aiohttp's own refusal of a longer line is plain text no client expects.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=drain_seconds,
+                           max_line_size=MAX_REQUEST_LINE, max_field_size=MAX_REQUEST_LINE)
     await runner.setup()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,6 +3,12 @@
 A token carries ``sub``, ``scopes`` (``ingest:write``, ``query:read``, ``stream:read``) and
 ``projects`` (project keys, or ``"*"`` for all). No or bad token → 401; a valid token without the
 scope or the project → 403.
+
+Expiry is one rule for every endpoint (REST and the stream): a token is accepted until
+``exp + LEEWAY_S`` seconds. The allowance covers clock skew between the minting machine and the
+servers, nothing more; :attr:`Principal.expires_at` holds that instant, so every check (the query
+service's verified-token memo, the stream's refusal at connect and its end-of-stream timer) uses
+the same deadline.
 """
 
 from __future__ import annotations
@@ -20,13 +26,16 @@ SCOPES = ("ingest:write", "query:read", "stream:read")
 ALGORITHM = "HS256"
 ISSUER = "atas"
 COOKIE_NAME = "atas_token"
+# Clock-skew allowance after a token's `exp` (documented in README "Tokens"). Small on purpose: a
+# token minted with --ttl 1 must stop working within seconds, on every endpoint alike.
+LEEWAY_S = 5
 
 
 class Principal(msgspec.Struct, frozen=True):
     subject: str
     scopes: frozenset[str]
     projects: frozenset[str]
-    expires_at: float | None = None
+    expires_at: float | None = None  # epoch seconds after which the token is refused: exp + LEEWAY_S
 
     def can(self, scope: str, project: str) -> bool:
         return scope in self.scopes and ("*" in self.projects or project in self.projects)
@@ -61,7 +70,7 @@ def unauthorized(message: str) -> ApiError:
 def verify_token(secret: str, token: str) -> Principal:
     try:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM], issuer=ISSUER,
-                            options={"require": ["sub", "iat", "exp"]}, leeway=30)
+                            options={"require": ["sub", "iat", "exp"]}, leeway=LEEWAY_S)
     except jwt.ExpiredSignatureError:
         raise unauthorized("token has expired; mint a new one") from None
     except jwt.InvalidTokenError as exc:
@@ -71,7 +80,7 @@ def verify_token(secret: str, token: str) -> Principal:
         raise unauthorized("invalid token: claims 'scopes' and 'projects' must be lists")
     return Principal(subject=str(claims["sub"]), scopes=frozenset(map(str, scopes)),
                      projects=frozenset(map(str, projects)),
-                     expires_at=float(claims["exp"]))
+                     expires_at=float(claims["exp"]) + LEEWAY_S)
 
 
 def token_from_request(request: web.Request, *, allow_query: bool = False) -> str | None:

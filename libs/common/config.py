@@ -97,6 +97,8 @@ class Settings(msgspec.Struct, frozen=True):
 
     # Object storage for attachments; None when STORAGE_URL is unset (attachments are then off).
     storage: StorageSettings | None = None
+    # Origins whose scripts may call the API (CORS_ALLOWED_ORIGINS); empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
 
 
 # Defaults are written once, in the structs above; the loader reads them from these instances.
@@ -369,6 +371,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
         log_level = "info"
 
     storage = parse_storage(e, mode=mode)
+    from .cors import parse_origins
+
+    cors_origins, cors_problems = parse_origins(e.str("CORS_ALLOWED_ORIGINS"))
+    e.problems.extend(cors_problems)
 
     if e.problems:
         raise ConfigError(e.problems)
@@ -376,4 +382,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, mode: Literal["serve"
         db=db, redis=redis, kafka=kafka, jwt_secret=jwt_secret, port=settings_port, cache_ttl=ttl,
         drain_seconds=drain, log_level=log_level, mode=mode, loop_stall_s=loop_stall_s,
         retention_days=retention_days, storage=storage,
+        cors_origins=cors_origins,
     )

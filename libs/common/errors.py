@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from .messages import explain, struct_fields
+
 T = TypeVar("T")
 
 _ERROR_ENCODER = msgspec.json.Encoder()
@@ -70,8 +72,42 @@ def validation_field(exc: msgspec.ValidationError) -> tuple[str, str | None]:
     return reason, path or None
 
 
+# A lone UTF-16 surrogate escape (\ud800 not followed by a low surrogate) is not Unicode; msgspec
+# reports it as "Input data was truncated", which sends the reader looking for a cut-off body.
+_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                        rb"|(?<![89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+# RFC 3339 allows a lowercase `t` and `z`; msgspec accepts `z` but not `t`.
+_LOWER_T = re.compile(r"^(\d{4}-\d{2}-\d{2})t(\d)")
+
+
+def _retry_lowercase_t(body: bytes, type_: type[T], field: str | None) -> T | None:
+    """The body decoded again with ``field``'s ``2026-01-31t…`` written ``2026-01-31T…``, or None."""
+    if not field:
+        return None
+    try:
+        doc = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    parent, key = doc, None
+    for index, name in re.findall(r"\[(\d+)\]|([^.\[\]]+)", field):
+        if key is not None:
+            parent = parent[key]
+        key = int(index) if index else name
+        if not isinstance(parent, (list, dict)):
+            return None
+    try:
+        value = parent[key]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(value, str) or not _LOWER_T.match(value):
+        return None
+    parent[key] = _LOWER_T.sub(r"\1T\2", value)
+    return decode_json(msgspec.json.encode(doc), type_)
+
+
 def decode_json(body: bytes, type_: type[T], *, decoder: msgspec.json.Decoder | None = None) -> T:
-    """Decode and validate a JSON body, raising :class:`ApiError` (400 malformed, 422 invalid)."""
+    """Decode and validate a JSON body, raising :class:`ApiError` (400 malformed, 422 invalid) with
+    a message in words (:func:`atas.common.messages.explain`) and the field's path."""
     if not body:
         raise ApiError(400, "empty_body", "request body is empty; send a JSON document")
     try:
@@ -80,9 +116,18 @@ def decode_json(body: bytes, type_: type[T], *, decoder: msgspec.json.Decoder | 
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         reason, field = validation_field(exc)
-        where = f" at `{field}`" if field else ""
-        raise ApiError(422, "invalid_field", f"{reason}{where}", field=field) from None
+        if reason.startswith("Invalid RFC3339"):
+            retried = _retry_lowercase_t(body, type_, field)
+            if retried is not None:
+                return retried
+        message, field = explain(reason, type_, field)
+        raise ApiError(422, "invalid_field", message, field=field) from None
     except msgspec.DecodeError as exc:
+        if _SURROGATE.search(body):
+            raise ApiError(400, "malformed_json",
+                           "request body holds a lone UTF-16 surrogate escape (such as \\ud800 without its "
+                           "pair), which is not valid Unicode; send text as UTF-8 or as complete surrogate "
+                           "pairs") from None
         raise ApiError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ApiError(400, "malformed_json", "request body is nested too deeply") from None
@@ -126,10 +171,18 @@ async def read_json(request: web.Request, type_: type[T], *, limit: int,
 def parse_query(type_: type[T], request: web.Request) -> T:
     """Validate query parameters into a msgspec Struct (``strict=False`` converts strings).
 
-    A NUL character (``%00``) is refused in any parameter: no ATAS value can hold one (PostgreSQL
-    text cannot), and every parameter ends up in SQL, a cache key or a stored row."""
+    Every endpoint refuses what it does not understand the same way: an unknown parameter (a typo
+    such as ``stauts`` would otherwise silently return everything unfiltered), a parameter given
+    twice where one value is expected, a malformed value — 400 naming the parameter and saying what
+    is accepted. A NUL character (``%00``) is refused in any parameter: no ATAS value can hold one
+    (PostgreSQL text cannot), and every parameter ends up in SQL, a cache key or a stored row."""
+    accepted = struct_fields(type_)
     params: dict[str, Any] = {}
     for key in request.query:
+        if key not in accepted:
+            known = f"accepted: {', '.join(accepted)}" if accepted else "this endpoint takes no query parameters"
+            raise ApiError(400, "unknown_parameter", f"unknown query parameter `{key[:64]}`; {known}",
+                           field=key[:64])
         values = request.query.getall(key)
         if any("\x00" in v for v in values):
             raise ApiError(400, "invalid_parameter", f"NUL characters are not allowed in query parameter `{key}`",
@@ -139,5 +192,8 @@ def parse_query(type_: type[T], request: web.Request) -> T:
         return msgspec.convert(params, type_, strict=False)
     except msgspec.ValidationError as exc:
         reason, field = validation_field(exc)
-        where = f" in query parameter `{field}`" if field else ""
-        raise ApiError(400, "invalid_parameter", f"{reason}{where}", field=field) from None
+        if field is not None and isinstance(params.get(field), list) and "got `array`" in reason:
+            message = f"query parameter `{field}` was given {len(params[field])} times; send it once"
+        else:
+            message, field = explain(reason, type_, field, noun="query parameter")
+        raise ApiError(400, "invalid_parameter", message, field=field) from None

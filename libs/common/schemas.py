@@ -15,15 +15,24 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from .messages import describe_pattern
+
 ResultStatus = Literal["passed", "failed", "skipped", "error"]
 ExecutionStatus = Literal["running", "passed", "failed", "error", "cancelled"]
 FinalStatus = Literal["passed", "failed", "error", "cancelled"]
 RESULT_STATUSES: tuple[str, ...] = ("passed", "failed", "skipped", "error")
 
-# Project keys: the same rule as the `projects.key` CHECK constraint of V001 (\Z, not $: Python's $
-# also matches before a final newline).
-ProjectKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z",
-                                 description="project key, e.g. `web`")]
+# Patterns are published in /openapi.json, where they are ECMA-262 regexes (generated clients and
+# validators compile them with JavaScript semantics), and enforced by msgspec with Python's `re`.
+# `\Z` is not an anchor in ECMA-262; `$` alone lets Python accept a trailing newline ("web\n").
+# `$(?!\n)` means "end of text" in both: the lookahead is vacuous in JavaScript and refuses the
+# newline before which Python's `$` would also match.
+END = r"$(?!\n)"
+# Project keys: the same rule as the `projects.key` CHECK constraint of V001.
+PROJECT_KEY_PATTERN = describe_pattern(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}" + END,
+    "a project key: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. web)")
+ProjectKey = Annotated[str, Meta(pattern=PROJECT_KEY_PATTERN, description="project key, e.g. `web`")]
 Short = Annotated[str, Meta(max_length=1024)]
 Label = Annotated[str, Meta(min_length=1, max_length=1024)]
 Url = Annotated[str, Meta(max_length=4096)]
@@ -31,7 +40,19 @@ Url = Annotated[str, Meta(max_length=4096)]
 Message = Annotated[str, Meta(max_length=65_536)]
 Trace = Annotated[str, Meta(max_length=1_048_576)]
 Timestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a timezone")]
-Attributes = Annotated[dict[str, Any], Meta(description="free-form JSON object")]
+# Attributes are free-form but bounded: an execution's come back on every /v1/executions page, a
+# result's with every results page. Key counts are checked by msgspec; the encoded size (UTF-8 JSON
+# bytes) by limit_problem below. Documented in docs/ingest.md.
+EXECUTION_ATTRIBUTES_MAX = {"keys": 64, "bytes": 16_384}
+RESULT_ATTRIBUTES_MAX = {"keys": 32, "bytes": 4_096}
+Attributes = Annotated[dict[str, Any], Meta(
+    max_length=EXECUTION_ATTRIBUTES_MAX["keys"],
+    description=f"free-form JSON object: at most {EXECUTION_ATTRIBUTES_MAX['keys']} keys and "
+                f"{EXECUTION_ATTRIBUTES_MAX['bytes']} bytes encoded")]
+ResultAttributes = Annotated[dict[str, Any], Meta(
+    max_length=RESULT_ATTRIBUTES_MAX["keys"],
+    description=f"free-form JSON object: at most {RESULT_ATTRIBUTES_MAX['keys']} keys and "
+                f"{RESULT_ATTRIBUTES_MAX['bytes']} bytes encoded")]
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -79,12 +100,17 @@ class ResultIn(_Strict):
     suite: Short | None = None
     file: Short | None = None
     started_at: Timestamp | None = None
-    duration_ms: Annotated[int, Meta(ge=0, le=2_147_483_647)] | None = None
+    # A number: Python harnesses measure in float milliseconds. Stored rounded to whole ms.
+    duration_ms: Annotated[float, Meta(ge=0, le=2_147_483_647)] | None = None
     error_type: Short | None = None
     error_message: Message | None = None
     error_trace: Trace | None = None
     attachments: list[Attachment] = []
-    attributes: Attributes = {}
+    attributes: ResultAttributes = {}
+
+    def __post_init__(self) -> None:
+        if self.duration_ms is not None and not isinstance(self.duration_ms, int):
+            self.duration_ms = round(self.duration_ms)
 
 
 class ResultBatch(_Strict):
@@ -209,19 +235,32 @@ def _out_of_range(value: datetime | None, field: str) -> tuple[str, str] | None:
     return None
 
 
+_size_encoder = msgspec.json.Encoder()
+
+
+def _too_big(value: dict[str, Any], field: str, limit: int) -> tuple[str, str] | None:
+    if value:
+        size = len(_size_encoder.encode(value))
+        if size > limit:
+            return field, f"`{field}` is {size} bytes encoded as JSON; the limit is {limit}"
+    return None
+
+
 def limit_problem(value: Any) -> tuple[str, str] | None:
     """(field, message) of the first value of a decoded request beyond limits msgspec cannot
     express (byte lengths of index keys, timestamp range), else None."""
     if isinstance(value, ExecutionCreate):
         return (_too_long(value.branch, "branch", KEY_BYTES["branch"])
                 or _too_long(value.environment, "environment", KEY_BYTES["environment"])
-                or _out_of_range(value.started_at, "started_at"))
+                or _out_of_range(value.started_at, "started_at")
+                or _too_big(value.attributes, "attributes", EXECUTION_ATTRIBUTES_MAX["bytes"]))
     if isinstance(value, ResultBatch):
         limit = KEY_BYTES["test_id"]
         for i, result in enumerate(value.results):
             problem = (_too_long(result.test_id, f"results[{i}].test_id", limit)
                        or _control(result.test_id, f"results[{i}].test_id")
-                       or _out_of_range(result.started_at, f"results[{i}].started_at"))
+                       or _out_of_range(result.started_at, f"results[{i}].started_at")
+                       or _too_big(result.attributes, f"results[{i}].attributes", RESULT_ATTRIBUTES_MAX["bytes"]))
             if problem is not None:
                 return problem
             for j, att in enumerate(result.attachments):

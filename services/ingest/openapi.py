@@ -43,7 +43,8 @@ _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "s
 def _errors(*codes: int) -> dict:
     text = {400: "malformed body or parameter", 401: "no or invalid token",
             403: "token lacks ingest:write or the project", 404: "no such execution",
-            409: "the id exists with a different body / a different final status",
+            409: "the id exists with a different body / a different final status / a result repeats a "
+                 "stored (test_id, attempt) with a different body (`details.conflicts` lists them)",
             413: "body or batch too large", 415: "wrong Content-Type",
             422: "a field is invalid (the message and `field` name it)",
             503: "PostgreSQL unavailable; retry after Retry-After seconds"}
@@ -78,14 +79,16 @@ def fragment(config: IngestConfig) -> dict:
             "/v1/executions/{id}/results": {"post": {
                 "tags": ["ingest"], "operationId": "addResults", "summary": "add a batch of results",
                 "description": f"1..{config.max_batch} results. A result already stored (same test_id and "
-                               "attempt, or same id) counts as a duplicate and is not stored again. Results "
+                               "attempt, or same id) with the same body counts as a duplicate and is not "
+                               "stored again; with a different body the batch is refused with 409 naming "
+                               "the conflicting results (report a rerun with the next `attempt`). Results "
                                "sent after finish are stored and counted; if the execution's status was "
                                "derived (finish without `status`) it is derived again, and a change emits "
                                "another `execution.finished` event.",
                 "parameters": [_ID_PARAM],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": refs["ResultBatch"]}}},
                 "responses": {"200": _json(refs["BatchAccepted"], "stored"),
-                              **_errors(*common, 404, 413)},
+                              **_errors(*common, 404, 409, 413)},
             }},
             "/v1/executions/{id}/finish": {"post": {
                 "tags": ["ingest"], "operationId": "finishExecution", "summary": "finish an execution",

@@ -44,7 +44,13 @@ def _respond(body: Any, status: int = 200, headers: dict[str, str] | None = None
                         headers=headers)
 
 
+class _NoParams(msgspec.Struct, forbid_unknown_fields=True):
+    """The JSON routes take no query parameters: a stray one is refused, not ignored."""
+
+
 def _principal(request: web.Request) -> Principal:
+    if request.query and request.path != "/v1/junit":
+        parse_query(_NoParams, request)  # 400 naming the unknown parameter
     principal = authenticate(request, request.app[SETTINGS].jwt_secret)
     if SCOPE not in principal.scopes:
         raise ApiError(403, "forbidden", f"token lacks scope {SCOPE!r}")

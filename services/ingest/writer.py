@@ -45,6 +45,7 @@ from atas.common.schemas import (
 
 from . import metrics
 from .config import IngestConfig
+from .conflicts import check_conflicts
 from .summary import TEST_KEYS, Attempt, only_new_tests, tests_delta
 
 log = get_logger(__name__)
@@ -439,7 +440,8 @@ async def add_results(conn: asyncpg.Connection, execution_id: uuid.UUID, results
     project = lock["project"]
     if optimistic and _distinct(results):
         stored = await _copy_results(conn, lock["started_at"], execution_id, project, results)
-    else:  # a retry (or a batch repeating itself): skip what is already stored
+    else:  # a retry (or a batch repeating itself): skip what is already stored, refuse what differs
+        await check_conflicts(conn, lock["started_at"], execution_id, results)
         stored = await _insert_new_results(conn, lock["started_at"], execution_id, project, results)
     by_status, duration, failed_keys = stored.by_status, stored.duration, stored.failed
     accepted = sum(by_status.values())

@@ -185,7 +185,7 @@ class QueryRepository:
         if after is not None:
             w.add(f"(test_id, attempt) > ({w.arg(after[0])}, {w.arg(after[1])})")
         sql = f"""SELECT test_id, attempt, id, name, suite, file, status, started_at, duration_ms,
-                         error_type, error_message, error_trace, attachments
+                         error_type, error_message, error_trace, attachments, attributes
                   FROM results WHERE {w.sql} ORDER BY test_id, attempt LIMIT {w.arg(limit)}"""
         async with self._pool.acquire() as conn:
             return await conn.fetch(sql, *w.args)

@@ -21,7 +21,8 @@ from atas.common.app import SETTINGS
 from atas.common.auth import Principal, authenticate, authorize, token_from_request
 from atas.common.engines import ENGINES
 from atas.common.errors import ApiError, bad_request, not_found, parse_query
-from atas.common.schemas import EARLIEST, LATEST, ProjectKey
+from atas.common.messages import describe_pattern
+from atas.common.schemas import EARLIEST, END, LATEST, ProjectKey
 
 from . import cache as c
 from .attachments import attachments_of
@@ -54,7 +55,6 @@ class _VerifiedTokens:
     parsing (a sizeable share of a cache hit). Entries are dropped at expiry; bounded in size."""
 
     MAX = 4096
-    LEEWAY_S = 30  # the same leeway verify_token grants
 
     def __init__(self) -> None:
         self._seen: dict[str, Principal] = {}
@@ -63,8 +63,8 @@ class _VerifiedTokens:
         token = token_from_request(request)
         if token is not None:
             known = self._seen.get(token)
-            if known is not None and (known.expires_at is None
-                                      or time.time() <= known.expires_at + self.LEEWAY_S):
+            # expires_at already includes verify_token's clock-skew allowance: the same deadline.
+            if known is not None and (known.expires_at is None or time.time() < known.expires_at):
                 return known
         principal = authenticate(request, request.app[SETTINGS].jwt_secret)
         if token is not None:
@@ -92,7 +92,8 @@ QUERY_STATE = web.AppKey("atas_query_state", QueryState)
 
 # Environment and branch filters: as long as ingest accepts them, and no control characters (NUL
 # cannot even be sent to PostgreSQL; git refuses control characters in branch names).
-Label = Annotated[str, msgspec.Meta(max_length=1024, pattern=r"^[^\x00-\x1f\x7f]*\Z")]
+Label = Annotated[str, msgspec.Meta(max_length=1024, pattern=describe_pattern(
+    r"^[^\x00-\x1f\x7f]*" + END, "text without control characters (newlines, tabs, NUL)"))]
 
 
 class RangeParams(msgspec.Struct, forbid_unknown_fields=False):
@@ -118,7 +119,8 @@ class ListParams(RangeParams):
 
 
 class ProjectParams(msgspec.Struct):
-    project: ProjectKey
+    # Optional: the id names the execution, and the token's projects decide whether it may be read.
+    project: ProjectKey | None = None
 
 
 def _utc(value: datetime) -> datetime | None:
@@ -133,11 +135,21 @@ def _utc(value: datetime) -> datetime | None:
 
 
 def _parse_time(value: str, name: str) -> datetime:
+    text = value.strip()
+    # RFC 3339 allows a lowercase `t` and `z`; Python 3.11's fromisoformat wants them uppercase.
+    if len(text) > 10 and text[10] == "t":
+        text = text[:10] + "T" + text[11:]
+    if text.endswith("z"):
+        text = text[:-1] + "Z"
     try:
-        parsed = _utc(datetime.fromisoformat(value.strip()))
+        parsed = _utc(datetime.fromisoformat(text))
     except ValueError:
+        hint = ""
+        if " " in text and text.rsplit(" ", 1)[-1][:2].isdigit():
+            # `?from=2026-01-31T12:00:00+02:00` sent unencoded: the `+` of the offset arrives as a space.
+            hint = "; a `+` in a URL query string means a space: encode the offset's `+` as %2B"
         raise bad_request(f"`{name}` must be an ISO-8601 date or time such as 2026-01-31T12:00:00Z, "
-                          f"got {value!r}", field=name, code="invalid_parameter") from None
+                          f"got {value!r}{hint}", field=name, code="invalid_parameter") from None
     if parsed is None or not EARLIEST <= parsed <= LATEST:
         raise bad_request(f"`{name}` must be between {EARLIEST.date()} and {LATEST.date()} (UTC), got {value!r}",
                           field=name, code="invalid_parameter")
@@ -230,7 +242,8 @@ def decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> tuple:
                 if value.tzinfo is None:
                     raise ValueError
                 value = _utc(value)
-                if value is None:
+                # The same range as the `from`/`to` parameters: a hand-made cursor is no way around it.
+                if value is None or not EARLIEST <= value <= LATEST:
                     raise ValueError
             elif typ is uuid.UUID:
                 value = str(uuid.UUID(value))
@@ -478,27 +491,41 @@ def _execution_id(request: web.Request) -> str:
                           code="invalid_parameter") from None
 
 
-async def _owned_execution(request: web.Request, repo: QueryRepository, project: str, execution_id: str):
-    """The execution, if it belongs to ``project``: 403 when it belongs to a project the token may
-    not read (another tenant's data), 404 when it does not exist or sits in another of the caller's
-    projects."""
+async def _owned_execution(request: web.Request, repo: QueryRepository, project: str | None, execution_id: str):
+    """The execution, if the token may read it (and it belongs to ``project`` when one is given).
+
+    One answer, 404, for an execution that does not exist, sits in another project than the one
+    named, or belongs to a project the token may not read: another tenant's ids are not confirmed.
+    """
     row = await repo.execution(execution_id)
-    if row is not None and row["project"] != project:
+    if row is not None:
         principal = request.app[QUERY_STATE].tokens.principal(request)
-        if not principal.can(SCOPE, row["project"]):
-            raise ApiError(403, "forbidden", f"execution {execution_id} belongs to a project this token "
-                                             f"may not read")
-        row = None
+        if (project is not None and row["project"] != project) or not principal.can(SCOPE, row["project"]):
+            row = None
     if row is None:
-        raise not_found(f"execution {execution_id} not found in project {project!r}")
+        where = f" in project {project!r}" if project is not None else ""
+        raise not_found(f"execution {execution_id} not found{where}")
     return row
+
+
+def _auth_optional(request: web.Request, project: str | None) -> None:
+    """Like :func:`_auth` when a project is named; else only a valid token with ``query:read``."""
+    if project is not None:
+        _auth(request, project)
+    elif SCOPE not in request.app[QUERY_STATE].tokens.principal(request).scopes:
+        raise ApiError(403, "forbidden", f"token lacks scope {SCOPE!r}")
 
 
 async def execution_status(request: web.Request) -> web.Response:
     state, repo = _state(request)
     p = parse_query(ProjectParams, request)
-    _auth(request, p.project)
+    _auth_optional(request, p.project)
     execution_id = _execution_id(request)
+    if p.project is None:
+        # Without a project the cache entry's key is unknown until the row is read: one primary-key
+        # lookup, answered uncached (the ETag still saves the body).
+        row = await _owned_execution(request, repo, None, execution_id)
+        return respond_uncached(request, execution_view(row))
     entry = c.status_entry(p.project, execution_id, request.app[SETTINGS].cache_ttl.status)
 
     async def compute() -> bytes:
@@ -509,7 +536,7 @@ async def execution_status(request: web.Request) -> web.Response:
 
 
 class ResultParams(msgspec.Struct):
-    project: ProjectKey
+    project: ProjectKey | None = None  # optional, as for GET /v1/executions/{id}
     cursor: str | None = None
     limit: int | None = None
     status: str | list[str] | None = None
@@ -518,7 +545,7 @@ class ResultParams(msgspec.Struct):
 async def execution_results(request: web.Request) -> web.Response:
     state, repo = _state(request)
     p = parse_query(ResultParams, request)
-    _auth(request, p.project)
+    _auth_optional(request, p.project)
     execution_id = _execution_id(request)
     limit = _limit(p.limit, state.config)
     raw = [p.status] if isinstance(p.status, str) else (p.status or [])
@@ -539,7 +566,7 @@ async def execution_results(request: web.Request) -> web.Response:
                       suite=r["suite"], file=r["file"], status=r["status"], started_at=r["started_at"],
                       duration_ms=r["duration_ms"], error_type=r["error_type"],
                       error_message=r["error_message"], error_trace=r["error_trace"],
-                      attachments=att) for r, att in zip(rows, linked)]
+                      attachments=att, attributes=r["attributes"] or {}) for r, att in zip(rows, linked)]
     return respond_uncached(request, s.ResultPage(execution_id=execution_id, items=items, next_cursor=cursor),
                             _next_link(request, cursor))
 
@@ -638,5 +665,6 @@ ROUTES = [
     ("/v1/tests/failing", _tests_handler("failing")),
     ("/v1/tests/slowest", _tests_handler("slowest")),
     ("/v1/tests/flaky", _tests_handler("flaky")),
-    ("/v1/tests/{test_id:.+}/history", test_history),
+    # [\s\S], not `.`: a test id may hold a newline (ingest stores what harnesses send)
+    (r"/v1/tests/{test_id:[\s\S]+}/history", test_history),
 ]

@@ -158,6 +158,7 @@ class Result(msgspec.Struct, frozen=True):
     error_message: str | None
     error_trace: str | None
     attachments: Any = None
+    attributes: dict[str, Any] = {}  # as the harness sent them (bounded by ingest)
 
 
 class ResultPage(msgspec.Struct, frozen=True):

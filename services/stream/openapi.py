@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from atas.common.events import EVENT_TYPES
+from atas.common.schemas import PROJECT_KEY_PATTERN
+
+_ERROR = {"application/json": {"schema": {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["status", "code", "message"],
+    "properties": {"status": {"type": "integer"}, "code": {"type": "string"}, "message": {"type": "string"},
+                   "field": {"type": "string"}, "details": {}}}}}}}
 
 FRAGMENT: dict = {
     "tags": [{"name": "stream", "description": "Live execution updates (Server-Sent Events)"}],
@@ -25,9 +31,11 @@ FRAGMENT: dict = {
                 ),
                 "security": [{"bearer": []}],
                 "parameters": [
-                    {"name": "project", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "project", "in": "query", "required": True,
+                     "schema": {"type": "string", "pattern": PROJECT_KEY_PATTERN}},
                     {"name": "execution", "in": "query", "required": False,
-                     "description": "only events of this execution", "schema": {"type": "string"}},
+                     "description": "only events of this execution (a UUID)",
+                     "schema": {"type": "string", "format": "uuid"}},
                     {"name": "types", "in": "query", "required": False,
                      "description": "comma-separated event types: " + ", ".join(EVENT_TYPES),
                      "schema": {"type": "string"}},
@@ -41,10 +49,12 @@ FRAGMENT: dict = {
                 "responses": {
                     "200": {"description": "the event stream",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                    "400": {"description": "bad parameter"},
-                    "401": {"description": "missing, invalid or expired token"},
-                    "403": {"description": "token lacks stream:read or the project"},
-                    "503": {"description": "connection cap reached or shutting down; see Retry-After"},
+                    "400": {"description": "unknown or malformed parameter; `error.field` names it",
+                            "content": _ERROR},
+                    "401": {"description": "missing, invalid or expired token", "content": _ERROR},
+                    "403": {"description": "token lacks stream:read or the project", "content": _ERROR},
+                    "503": {"description": "connection cap reached or shutting down; see Retry-After",
+                            "content": _ERROR},
                 },
             }
         }

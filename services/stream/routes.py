@@ -17,7 +17,7 @@ import contextlib
 import socket
 import struct
 import time
-from typing import Annotated
+import uuid
 
 import msgspec
 from aiohttp import web
@@ -26,6 +26,7 @@ from atas.common.app import SETTINGS
 from atas.common.auth import require, unauthorized
 from atas.common.errors import ApiError, parse_query
 from atas.common.events import EVENT_TYPES
+from atas.common.schemas import ProjectKey
 from atas.common.logging import get_logger
 
 from . import metrics
@@ -50,8 +51,9 @@ SSE_HEADERS = {
 
 
 class StreamQuery(msgspec.Struct):
-    project: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    execution: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    project: ProjectKey
+    # A UUID, checked: a typo would otherwise match no event and stream nothing, forever.
+    execution: uuid.UUID | None = None
     types: str | None = None
     last_event_id: str | None = None
     access_token: str | None = None
@@ -82,8 +84,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     principal = require(request, request.app[SETTINGS].jwt_secret, "stream:read", query.project,
                         allow_query=True)
     if principal.expires_at is not None and principal.expires_at <= time.time():
-        # Verification allows clock skew; a stream would end at once (and EventSource reconnect
-        # every few seconds until the skew allowance runs out): refuse it now.
+        # expires_at is the same deadline verify_token applies (exp + the skew allowance); this
+        # only closes the gap of a token expiring between verification and here.
         raise unauthorized("token has expired; mint a new one")
     if state.hub.draining:
         raise _unavailable("draining", "this server is shutting down; retry on another", cfg.retry_after_s)
@@ -92,7 +94,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                            cfg.retry_after_s)
     raw_last = request.headers.get("Last-Event-ID") or query.last_event_id
     resumed = bool(raw_last and raw_last.strip())
-    client = Client(query.project, execution=query.execution, types=types, limit=cfg.client_queue,
+    execution = str(query.execution) if query.execution is not None else None
+    client = Client(query.project, execution=execution, types=types, limit=cfg.client_queue,
                     cursor=parse_pos(raw_last) if resumed else None)
     session = Session(state, request, client, resumed=resumed, expires_at=principal.expires_at)
     return await session.run()

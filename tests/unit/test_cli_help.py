@@ -35,7 +35,8 @@ def test_token_command_mints_a_verifiable_token(capsys, monkeypatch):
     assert principal.projects == {"web"} and principal.scopes == {"query:read"}
 
 
-def test_token_without_secret_says_what_to_do(capsys, monkeypatch):
+def test_token_without_secret_says_what_to_do(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("JWT_SECRET", raising=False)
+    monkeypatch.setenv("ATAS_DATA_DIR", str(tmp_path))  # no atas dev secret there either
     assert main(["token", "-p", "web"]) == 2
     assert "JWT_SECRET" in capsys.readouterr().err

@@ -167,3 +167,63 @@ async def test_import_junit_then_read_overview_and_stream(engines, request, tmp_
             Stack(data_dir / "stack").down(purge=True)
     assert code == 0, dev.log_path.read_text()[-3000:]
     assert "stopping the embedded PostgreSQL" in dev.log_path.read_text() or engines != "embedded"
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "atas.cli.main", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+async def test_demo_data_tells_a_realistic_story_once_and_tokens_come_from_the_dev_secret(tmp_path):
+    """The first ten minutes (issue #21): `--demo` data where most runs pass and flaky tests show,
+    not added twice; `atas token` and `atas stack env` agree with the secret the server verifies."""
+    env = _base_env()
+    env.pop("ATAS_DATA_DIR", None)
+    data_dir = tmp_path / "data"
+    dev = ServiceProcess(["dev", "--data-dir", str(data_dir), "--demo"], env, tmp_path, "atas-dev-demo")
+    try:
+        dev.wait_healthy(timeout=90, path="/readyz")
+        async with asyncio.timeout(120):
+            while "demo data ready" not in dev.logs():
+                await asyncio.sleep(0.5)
+        log = dev.logs()
+        # the banner comes again after the demo's request logs
+        assert log.rfind("ATAS is running") > log.find("filling project")
+        minted = _cli("token", "-p", "demo", "-s", "query:read", "--data-dir", str(data_dir), env=env)
+        assert minted.returncode == 0, minted.stderr
+        auth = {"Authorization": f"Bearer {minted.stdout.strip()}"}
+        stack_env = _cli("stack", "env", "--dir", str(data_dir / "stack"), env=env).stdout
+        assert f"JWT_SECRET={(data_dir / 'jwt_secret').read_text().strip()}" in stack_env.replace("'", "")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            async def get(path: str, **params) -> dict:
+                async with session.get(f"{dev.url}{path}", params={"project": "demo", **params},
+                                       headers=auth) as r:
+                    assert r.status == 200, await r.text()
+                    return await r.json()
+
+            page = await get("/v1/executions", limit="200")
+            statuses = [e["status"] for e in page["items"]]
+            assert len(statuses) == 30
+            assert statuses.count("passed") >= 18 and statuses.count("failed") >= 1, statuses
+            failing = await get("/v1/tests/failing")
+            assert 1 <= len(failing["items"]) <= 12
+            async with asyncio.timeout(20):  # per-test rollups follow ingest by a worker round
+                while not (flaky := (await get("/v1/tests/flaky"))["items"]):
+                    await asyncio.sleep(0.3)
+            assert any(t["flaky_commits"] > 0 for t in flaky), flaky
+            assert len(flaky) <= 8
+    finally:
+        assert dev.stop(timeout=30) == 0, dev.logs()
+    again = ServiceProcess(["dev", "--data-dir", str(data_dir), "--demo"], env, tmp_path, "atas-dev-demo-2")
+    try:
+        again.wait_healthy(timeout=90, path="/readyz")
+        async with asyncio.timeout(30):
+            while "already holds executions" not in again.logs():
+                await asyncio.sleep(0.3)
+        token = (data_dir / "dev_token").read_text().strip()
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{again.url}/v1/executions", params={"project": "demo", "limit": "200"},
+                                   headers={"Authorization": f"Bearer {token}"}) as r:
+                assert len((await r.json())["items"]) == 30
+    finally:
+        assert again.stop(timeout=30) == 0, again.logs()

@@ -106,10 +106,14 @@ async def test_concurrent_batches_keep_counters_exact(ingest, auth, pg):
     statuses = ("passed", "failed", "skipped", "error")
 
     async def send(k: int):
-        # 30 batches of 40; every batch overlaps the previous one by 10 results (a retry storm)
-        batch = results(40, prefix=f"t{k * 30}-", status_of=lambda i: statuses[(i + k) % 4])
+        # 30 batches of 40; every batch overlaps the previous one by 10 results (a retry storm: the
+        # overlapping results are the same results sent again, identical)
+        batch = results(40, prefix=f"t{k * 30}-", status_of=lambda i: statuses[(i + k * 30) % 4])
         for r, i in zip(batch, range(40)):
             r["test_id"] = f"t{k * 30 + i}"
+            r["name"] = f"test {k * 30 + i}"
+            if "error_message" in r:
+                r["error_message"] = f"boom {k * 30 + i}"
         resp = await client.post(f"/v1/executions/{ex['id']}/results", json={"results": batch}, headers=h)
         assert resp.status == 200, await resp.text()
         return await resp.json()

@@ -31,7 +31,7 @@ def _state(client):
 
 
 @pytest.mark.redis
-async def test_client_errors_are_400_with_a_reason_and_other_projects_403(pg, redis_settings, token, small):
+async def test_client_errors_are_400_with_a_reason_other_projects_403_and_their_executions_404(pg, redis_settings, token, small):
     settings = make_settings(db_dsn=pg, redis=redis_settings)
     auth = {"Authorization": f"Bearer {token()}"}
     cases = [
@@ -60,12 +60,14 @@ async def test_client_errors_are_400_with_a_reason_and_other_projects_403(pg, re
                                 headers={"Authorization": f"Bearer {token(scopes=['ingest:write'])}"})
         assert resp.status == 403
         assert (await client.get("/v1/dashboard/overview", params={"project": "demo"})).status == 401
-        # another tenant's execution, asked for through one's own project: 403, for status and results
+        # another tenant's execution, asked for through one's own project: 404 like a missing one
+        # (its existence is not confirmed), for status and results
         theirs = await small.pool.fetchval(
             "INSERT INTO executions (id, project, name, started_at) "
             "VALUES (gen_random_uuid(), 'other', 'x', now()) RETURNING id")
         for path in (f"/v1/executions/{theirs}", f"/v1/executions/{theirs}/results"):
-            assert (await client.get(path, params={"project": "demo"}, headers=auth)).status == 403
+            assert (await client.get(path, params={"project": "demo"}, headers=auth)).status == 404
+            assert (await client.get(path, headers=auth)).status == 404
             # a token that may read both projects just does not find it in the wrong one
             both = {"Authorization": f"Bearer {token(projects=['demo', 'other'])}"}
             assert (await client.get(path, params={"project": "demo"}, headers=both)).status == 404

@@ -269,8 +269,8 @@ async def test_auth_errors_and_bad_parameters(two_pods, http, token):
         assert r.status == 401
     async with http.get(url, headers={"Authorization": f"Bearer {token(ttl=60, now=time.time() - 3600)}"}) as r:
         assert r.status == 401
-    # expired 5 s ago: within the clock-skew allowance of verification, but a stream would end at once
-    async with http.get(url, headers={"Authorization": f"Bearer {token(ttl=1, now=time.time() - 6)}"}) as r:
+    # expired 9 s ago: beyond the clock-skew allowance (the same rule as every REST endpoint)
+    async with http.get(url, headers={"Authorization": f"Bearer {token(ttl=1, now=time.time() - 10)}"}) as r:
         assert r.status == 401 and "expired" in (await r.json())["error"]["message"]
     async with http.get(url, headers={"Authorization": f"Bearer {token(scopes=['query:read'])}"}) as r:
         assert r.status == 403
@@ -279,6 +279,15 @@ async def test_auth_errors_and_bad_parameters(two_pods, http, token):
         assert r.status == 403
     async with http.get(f"{url}&types=nope", headers={"Authorization": f"Bearer {token()}"}) as r:
         assert r.status == 400 and (await r.json())["error"]["field"] == "types"
+    # malformed and unknown parameters are refused, not streamed nothing forever
+    for query, field, words in (("&execution=not-a-uuid", "execution", "UUID"),
+                                ("&exection=" + "0" * 8, "exection", "accepted: project"),
+                                ("&execution=1&execution=2", "execution", "send it once")):
+        async with http.get(url + query, headers={"Authorization": f"Bearer {token()}"}) as r:
+            error = (await r.json())["error"]
+            assert r.status == 400 and error["field"] == field and words in error["message"], error
+    async with http.get(f"{a.url}/v1/stream?project=bad%20key", headers={"Authorization": f"Bearer {token()}"}) as r:
+        assert r.status == 400 and "letters, digits" in (await r.json())["error"]["message"]
     async with http.get(f"{a.url}/v1/stream", headers={"Authorization": f"Bearer {token()}"}) as r:
         assert r.status == 400
     # the token may come as a query parameter (EventSource cannot set headers) or a cookie
@@ -290,7 +299,7 @@ async def test_auth_errors_and_bad_parameters(two_pods, http, token):
 
 async def test_the_stream_ends_when_the_token_expires(two_pods, sse, token):
     a, _b = await two_pods()
-    # exp in ~2 s (verification allows 30 s of leeway at connect; the stream honours exp itself)
+    # exp in ~2 s: the stream ends at exp + the 5 s skew allowance, the same deadline as REST
     client = await sse(f"{a.url}/v1/stream?project=demo", {"Authorization": f"Bearer {token(ttl=2)}"})
     got = await client.read_events(1, kinds={"end"}, timeout=30)
     assert json.loads(got[0].data)["reason"] == "token_expired"
