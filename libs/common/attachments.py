@@ -12,7 +12,7 @@ from msgspec import Meta
 from .storage import Upload
 
 AttachmentKind = Literal["screenshot", "video", "trace", "log", "other"]
-Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}\Z", description="hex SHA-256 of the bytes")]
+Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{64}$(?!\n)", description="hex SHA-256 of the bytes")]
 
 
 class AttachmentCreate(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):

@@ -22,7 +22,7 @@ from openapi_spec_validator import validate
 from tests.conftest import make_settings, settings_env
 from tests.helpers import ServiceProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.pg, pytest.mark.redis, pytest.mark.kafka]
+pytestmark = [pytest.mark.e2e, pytest.mark.pg, pytest.mark.redis, pytest.mark.kafka, pytest.mark.s3]
 
 SERVICES = ("ingest", "query", "stream")
 # Every pattern published, with values it must accept and refuse. An unknown pattern fails the
@@ -34,6 +34,9 @@ SAMPLES = {
     r"^[^\x00-\x1f\x7f]*$(?!\n)": (
         ["", "main", "feature/x y", "ünïcode", "release/2.4"],
         ["a\nb", "main\n", "tab\there", "nul\x00", "del\x7f"]),
+    r"^[0-9a-fA-F]{64}$(?!\n)": (  # an attachment's sha256
+        ["0" * 64, "ab" * 32, "AB" * 32],
+        ["0" * 63, "0" * 65, "0" * 64 + "\n", "g" * 64, ""]),
 }
 # Bounded so that the three runs add about a minute to the suite.
 MAX_EXAMPLES = "15"
@@ -41,8 +44,10 @@ CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,re
 
 
 @pytest.fixture
-def services(pg, redis_settings, kafka_settings, tmp_path):
+def services(pg, redis_settings, kafka_settings, storage_settings, s3_server, tmp_path):
     env = settings_env(make_settings(db_dsn=pg, redis=redis_settings, kafka=kafka_settings))
+    # Attachments on: the fuzzer drives their routes against the real S3-compatible server.
+    env.update(s3_server, STORAGE_URL=f"s3://{storage_settings.bucket}/{storage_settings.prefix}".rstrip("/"))
     procs = {name: ServiceProcess(["serve", name], env, tmp_path, name) for name in SERVICES}
     try:
         for proc in procs.values():
