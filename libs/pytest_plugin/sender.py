@@ -1,0 +1,211 @@
+"""Delivery of results from a background thread, so the suite never waits for ATAS.
+
+The pytest main thread only puts result dicts on a bounded queue. The ``atas-sender`` thread
+creates the execution, sends the queue in batches (every ``batch_max`` results, or ``interval_s``
+after the first result of a batch arrived, whichever comes first) and finishes the execution when
+the session ends. The first time ATAS cannot be reached, answers 5xx after a retry, or refuses the
+credentials, the sender stops talking to it for the rest of the session and everything from then
+on (including the batch that failed and the finish) goes to the spool file; ``atas upload-spool``
+delivers it later. A batch refused for its content (4xx) is spooled too, and sending goes on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from typing import Any
+
+from atas.pytest_plugin.spool import SpoolWriter, finish_execution, iso, split_batches, start_execution
+
+# Results waiting on the queue at most. When ATAS is slower than the suite the queue fills up and
+# further results go to the spool instead (in chunks of _OVERFLOW_CHUNK) rather than waiting:
+# 10,000 dicts are a few MB of memory.
+QUEUE_MAX = 10_000
+_OVERFLOW_CHUNK = 500
+# Refusals that say "this server will not take anything from us now": stop trying, spool the rest.
+_FATAL_STATUSES = frozenset({0, 401, 403, 404, 408, 429})
+
+
+class Sender:
+    """One session's delivery to ATAS; ``start()``, ``put()`` each result, ``close()`` at the end.
+
+    ``problem`` holds the first reason something was spooled instead of sent (for the one warning
+    the plugin prints); ``stored`` counts the results ATAS acknowledged, ``spool.results`` those
+    written to the spool file.
+    """
+
+    def __init__(self, *, url: str, token: str, execution: dict[str, Any], spool: SpoolWriter,
+                 timeout_s: float = 10.0, batch_max: int = 500, interval_s: float = 1.0,
+                 queue_max: int = QUEUE_MAX):
+        self.url, self.token = url, token
+        self.execution = execution
+        self.spool = spool
+        self.timeout_s = timeout_s
+        self.batch_max = batch_max
+        self.interval_s = interval_s
+        self.problem: str | None = None
+        self.stored = 0
+        self.finished: Any = None  # the Execution the finish call returned
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_max)
+        self._overflow: list[dict[str, Any]] = []
+        self._stopping = threading.Event()
+        self._finish_body: dict[str, Any] | None = None
+        self._offline = False  # ATAS gave up on: spool everything
+        self._abandoned = False  # close() ran out of time; the main thread spooled what was left
+        self._crashed = False
+        self._inflight: list[dict[str, Any]] = []
+        self._state = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="atas-sender", daemon=True)
+
+    # ------------------------------------------------------------------ main thread
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, result: dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(result)
+        except queue.Full:
+            self._note("ATAS is slower than the test suite")
+            self._overflow.append(prepare(result))
+            if len(self._overflow) >= _OVERFLOW_CHUNK:
+                self.spool.add_results(self._overflow)
+                self._overflow = []
+
+    def close(self, finish: dict[str, Any], deadline_s: float) -> None:
+        """Deliver what is queued and finish the execution, waiting at most ``deadline_s``; what is
+        still undelivered then is spooled (the thread may be stuck in a slow request)."""
+        if self._overflow:
+            self.spool.add_results(self._overflow)
+            self._overflow = []
+        self._finish_body = finish
+        self._stopping.set()
+        self._thread.join(deadline_s)
+        if not self._thread.is_alive():
+            if not self._crashed:
+                return
+            pending = []  # the thread died early; it spooled what it held, the rest is queued
+        else:
+            with self._state:
+                self._abandoned = True
+                pending = list(self._inflight)
+            self._note(f"ATAS did not answer within {deadline_s:g} s at the end of the session")
+        while True:
+            try:
+                pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        # Duplicates of the in-flight batch are harmless: replays skip what is stored.
+        self.spool.add_results([prepare(r) for r in pending])
+        self.spool.finish(finish)
+
+    # ------------------------------------------------------------------ sender thread
+    def _note(self, problem: str) -> None:
+        if self.problem is None:
+            self.problem = problem
+
+    def _run(self) -> None:
+        from atas.client import Client
+
+        # One retry with a short back-off: a blip is absorbed, an outage is recognised within a
+        # few seconds instead of the client's default half minute.
+        client = Client(self.url, self.token, timeout_s=self.timeout_s, retries=1, backoff_s=0.25,
+                        backoff_max_s=1.0)
+        try:
+            self._call(lambda: start_execution(client, self.execution), None)
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    break
+                for part in split_batches(batch, self.batch_max):
+                    self._deliver(client, part)
+            if self._finish_body is not None:
+                self.finished = self._call(lambda: finish_execution(client, self.execution["id"], self._finish_body),
+                                           "finish")
+        except Exception as exc:  # a bug of ours must not lose results: spool what is left
+            self._offline = self._crashed = True
+            self._note(f"the ATAS plugin failed: {type(exc).__name__}: {exc}")
+            with self._state:
+                rest = list(self._inflight)
+            while True:
+                try:
+                    rest.append(prepare(self._queue.get_nowait()))
+                except queue.Empty:
+                    break
+            self.spool.add_results(rest)
+            if self._finish_body is not None:
+                self.spool.finish(self._finish_body)
+        finally:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection must not raise here
+                pass
+
+    def _next_batch(self) -> list[dict[str, Any]] | None:
+        """Up to ``batch_max`` results, returned ``interval_s`` after the first one arrived at the
+        latest; at the end of the session whatever is left at once; None when all is sent."""
+        batch: list[dict[str, Any]] = []
+        deadline = None
+        while len(batch) < self.batch_max:
+            if self._stopping.is_set():
+                try:
+                    batch.append(prepare(self._queue.get_nowait()))
+                    continue
+                except queue.Empty:
+                    return batch or None
+            wait = 0.1 if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                break
+            try:
+                item = self._queue.get(timeout=min(wait, 0.1))  # 0.1 s: notice the end of the session
+            except queue.Empty:
+                continue
+            batch.append(prepare(item))
+            if deadline is None:
+                deadline = time.monotonic() + self.interval_s
+        return batch
+
+    def _deliver(self, client: Any, batch: list[dict[str, Any]]) -> None:
+        with self._state:
+            if self._abandoned:  # close() gave up waiting: spool, the process is about to end
+                self.spool.add_results(batch)
+                return
+            self._inflight = batch
+        answer = self._call(lambda: client.add_results(self.execution["id"], batch, batch_size=len(batch)), batch)
+        if answer is not None:
+            self.stored += answer.accepted + answer.duplicates
+        with self._state:
+            self._inflight = []
+
+    def _call(self, request, spooled: list[dict[str, Any]] | str | None):
+        """Run ``request`` unless ATAS was given up on; on failure spool ``spooled`` (a batch, or
+        "finish") and decide whether to give up. Returns the answer or None."""
+        from atas.client import AtasError
+
+        if not self._offline:
+            try:
+                return request()
+            except AtasError as exc:
+                what = "finish" if spooled == "finish" else "results" if spooled else "execution"
+                self._note(f"ATAS refused the {what}: {exc}" if exc.status else f"ATAS unreachable: {exc}")
+                if exc.status in _FATAL_STATUSES or exc.status >= 500 or spooled is None:
+                    self._offline = True
+        # Spooled even after close() gave up waiting and spooled the in-flight batch itself: a
+        # record twice is harmless, a record lost is not.
+        if spooled == "finish":
+            self.spool.finish(self._finish_body or {})
+        elif spooled:
+            self.spool.add_results(spooled)
+        return None
+
+
+def prepare(result: dict[str, Any]) -> dict[str, Any]:
+    """Give a result its id (chosen here, once, so a replay is recognised as the same result) and
+    its start time in RFC 3339; done off the pytest main thread where possible."""
+    if "id" not in result:
+        result["id"] = str(uuid.uuid4())
+        start = result.get("started_at")
+        if isinstance(start, float):
+            result["started_at"] = iso(start)
+    return result
