@@ -54,6 +54,7 @@ async def ingest(pg, kafka_settings, tmp_path):
 async def _stored(dsn: str, execution_id: str) -> tuple[asyncpg.Record, list[asyncpg.Record], int]:
     """The execution row, the final attempt of each of its tests, and how many attempts in all."""
     conn = await asyncpg.connect(dsn)
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     try:
         execution = await conn.fetchrow("SELECT * FROM executions WHERE id = $1", uuid.UUID(execution_id))
         finals = await conn.fetch(FINAL_ATTEMPTS, uuid.UUID(execution_id))
