@@ -41,7 +41,7 @@ def bounded_label(value: str) -> str:
     if len(value) <= LABEL_MAX:
         return value
     digest = hashlib.sha256(value.encode()).hexdigest()[:16]
-    return value[:LABEL_MAX - 18] + "~" + digest
+    return value[:LABEL_MAX - 17] + "~" + digest
 
 
 def split_nodeid(nodeid: str) -> tuple[str, str]:
@@ -70,6 +70,8 @@ def _crash(report: Any) -> tuple[str | None, str | None, str]:
     text = _text(report.longrepr)
     lines = [line for line in text.splitlines() if line.strip()]
     last = lines[-1].strip() if lines else ""
+    if last.startswith("E "):  # pytest's marker of the exception line in a traceback
+        last = last[1:].strip()
     crash = getattr(report.longrepr, "reprcrash", None)
     message = getattr(crash, "message", None) or last or None
     error_type = None
