@@ -159,11 +159,13 @@ class Reporter:
             from atas.common.schemas import ExecutionCreate
             from atas.pytest_plugin.sender import Sender
             from atas.pytest_plugin.spool import SpoolWriter
+            from atas.pytest_plugin.transport import Transport
 
             execution = self.execution_body()
             try:
                 msgspec.convert(execution, ExecutionCreate)
-            except msgspec.ValidationError as exc:
+                Transport(self.settings.url, "", timeout_s=1)  # checks the URL's form, connects to nothing
+            except (msgspec.ValidationError, ValueError) as exc:
                 self._off(f"not reporting: the execution would be refused: {exc}")
                 return
             self.sender = Sender(url=self.settings.url, token=self.settings.token, execution=execution,
@@ -242,7 +244,7 @@ class Reporter:
             lines.append(f"atas: {spooled} results spooled to {self.spool_path} ({self.sender.problem}); "
                          f"send them with: atas upload-spool {self.spool_path}")
         if self.sender.stored or not self.sender.spool.used:
-            status = f", status {self.sender.finished.status}" if self.sender.finished is not None else ""
+            status = f", status {self.sender.finished['status']}" if self.sender.finished is not None else ""
             lines.append(f"atas: {self.sender.stored} of {self.results} results reported to execution "
                          f"{self.execution_id} in project {self.settings.project}{status}")
         if self.failure:

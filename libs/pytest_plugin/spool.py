@@ -20,12 +20,14 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
-from atas.client import Client
 from atas.common.schemas import ExecutionCreate, ExecutionFinish
+
+if TYPE_CHECKING:  # imported by whoever sends: aiohttp is not loaded on the pytest main thread
+    from atas.client import Client
 
 SPOOL_VERSION = 1
 # A request stays far below the API's default 10 MiB body limit (INGEST_MAX_BODY_BYTES) whatever
