@@ -1,6 +1,6 @@
 """What the pytest plugin costs a suite: the same trivial suite with and without it, in the same run.
 
-    scripts/bench pytest-plugin [--tests 5000] [--rounds 5]
+    scripts/bench pytest-plugin [--tests 5000] [--rounds 7]
 
 A generated suite of ``--tests`` trivial tests (``--modules`` files of plain functions) runs in a
 pytest subprocess, alternately
@@ -10,7 +10,10 @@ pytest subprocess, alternately
   Kafka meanwhile), which is the whole cost a user sees: the session's wall time from process start
   to exit, including creating the execution, streaming the batches and finishing it.
 
-Rounds alternate so both sides see the same machine load; the figures are medians. After each
+Rounds alternate so both sides see the same machine load. ``overhead_pct`` compares the fastest
+round of each side (as ``timeit`` does: on a shared machine the slower rounds measure the
+neighbours, and a 4 s suite swings by ±50 % under load); the median-based figure and the CPU time
+of the pytest process (all threads, so the sender's work included) are printed too. After each
 reporting round the bench counts the results stored for that round's execution in PostgreSQL.
 
 Servers come from the environment (``eval "$(atas stack env)"``) or a private stack started in a
@@ -139,11 +142,12 @@ async def run(args: argparse.Namespace) -> dict:
                 from atas.common.stack import Stack
 
                 Stack(tmp_path / "stack").down(purge=True)
-    without, with_ = statistics.median(plain_wall), statistics.median(with_wall)
+    without, with_ = min(plain_wall), min(with_wall)
     return {
         "bench": "pytest-plugin", "tests": args.tests, "rounds": args.rounds,
         "without_s": round(without, 3), "with_s": round(with_, 3),
         "overhead_pct": round(100 * (with_ / without - 1), 1),
+        "overhead_pct_median": round(100 * (statistics.median(with_wall) / statistics.median(plain_wall) - 1), 1),
         "overhead_pct_rounds": [round(100 * (w / p - 1), 1) for w, p in zip(with_wall, plain_wall)],
         "cpu_overhead_pct": round(100 * (statistics.median(with_cpu) / statistics.median(plain_cpu) - 1), 1),
         "results_stored": min(counts), "results_expected": args.tests,
@@ -156,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tests", type=int, default=5000, help="trivial tests in the suite (default 5000)")
     parser.add_argument("--modules", type=int, default=50, help="test files they are spread over (default 50)")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="rounds of without/with; figures are medians (default 5)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="rounds of without/with (default 7)")
     args = parser.parse_args(argv)
     print(json.dumps(asyncio.run(run(args))))
     return 0
