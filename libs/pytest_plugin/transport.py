@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import http.client
 import random
-import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,6 +62,8 @@ class Transport:
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
             if self._https:
+                import ssl  # only for https: its import and the CA bundle cost tens of milliseconds
+
                 self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s,
                                                          context=ssl.create_default_context())
             else:
