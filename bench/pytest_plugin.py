@@ -18,7 +18,9 @@ reporting round the bench counts the results stored for that round's execution i
 
 Servers come from the environment (``eval "$(atas stack env)"``) or a private stack started in a
 temp folder; a fresh database is dropped afterwards. Progress goes to stderr; the last stdout line
-is one JSON object: overhead_pct (goal ≤ 5), results_stored and results_expected (goal: all), ...
+is one JSON object: overhead_pct (goal ≤ 5), results_stored and results_expected (goal: all),
+spooling_overhead_pct (the same suite with ATAS down), server_cpu_s (what the co-located server
+took from the same cores), ...
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pathlib import Path
 import asyncpg
 
 from atas.common.db import create_database, drop_database
+from atas.common.stack import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import Server, servers  # noqa: E402 - bench/ingest.py: the same private stack and server
@@ -120,20 +123,31 @@ async def run(args: argparse.Namespace) -> dict:
             plugin_env = {**base_env, "ATAS_URL": server.url, "ATAS_TOKEN": token, "ATAS_PROJECT": PROJECT}
             say(f"{args.tests} tests in {args.modules} modules; warming up")
             await asyncio.to_thread(run_suite, suite, ["-p", "no:atas"], base_env)  # compiles .pyc files
-            plain_wall, plain_cpu, with_wall, with_cpu, counts, statuses = [], [], [], [], [], []
+            # The third side: the plugin with ATAS unreachable (everything spooled). It has the
+            # plugin's own work in the pytest process without the server competing for the same
+            # cores, which on this machine it does (in production ATAS runs elsewhere).
+            down_env = {**plugin_env, "ATAS_URL": f"http://127.0.0.1:{free_port()}",
+                        "ATAS_SPOOL_DIR": str(tmp_path / "spool")}
+            plain_wall, plain_cpu, with_wall, with_cpu, down_wall, counts, statuses = [], [], [], [], [], [], []
+            server_cpu = []
             for n in range(1, args.rounds + 1):
                 wall, cpu, _ = await asyncio.to_thread(run_suite, suite, ["-p", "no:atas"], base_env)
                 plain_wall.append(wall)
                 plain_cpu.append(cpu)
+                cpu0 = server.cpu_seconds()
                 wall, cpu, output = await asyncio.to_thread(run_suite, suite, [], plugin_env)
+                server_cpu.append(server.cpu_seconds() - cpu0)
                 with_wall.append(wall)
                 with_cpu.append(cpu)
                 count, status = await stored(dsn, execution_of(output))
                 counts.append(count)
                 statuses.append(status)
+                down, _, _ = await asyncio.to_thread(run_suite, suite, [], down_env)
+                down_wall.append(down)
                 say(f"round {n}: without {plain_wall[-1]:.2f} s ({plain_cpu[-1]:.2f} CPU s), with the plugin "
-                    f"{wall:.2f} s ({cpu:.2f} CPU s) → {100 * (wall / plain_wall[-1] - 1):+.1f} %; "
-                    f"{count} results stored, execution {status}")
+                    f"{wall:.2f} s ({cpu:.2f} CPU s, server {server_cpu[-1]:.2f} CPU s) → "
+                    f"{100 * (wall / plain_wall[-1] - 1):+.1f} %; {count} results stored, execution {status}; "
+                    f"ATAS down (spooling) {down:.2f} s")
         finally:
             if server is not None:
                 server.stop()
@@ -150,6 +164,9 @@ async def run(args: argparse.Namespace) -> dict:
         "overhead_pct_median": round(100 * (statistics.median(with_wall) / statistics.median(plain_wall) - 1), 1),
         "overhead_pct_rounds": [round(100 * (w / p - 1), 1) for w, p in zip(with_wall, plain_wall)],
         "cpu_overhead_pct": round(100 * (statistics.median(with_cpu) / statistics.median(plain_cpu) - 1), 1),
+        "server_cpu_s": round(statistics.median(server_cpu), 2),
+        "spooling_s": round(min(down_wall), 3),
+        "spooling_overhead_pct": round(100 * (min(down_wall) / without - 1), 1),
         "results_stored": min(counts), "results_expected": args.tests,
         "statuses": sorted(set(statuses)), "cpus": os.cpu_count(),
     }

@@ -125,6 +125,8 @@ async def test_xdist_workers_report_into_one_execution(ingest, pg, token, tmp_pa
     _assert_stored_as_pytest_counted(session, finals, attempts)
     assert execution["status"] == "failed" and execution["attributes"]["xdist_workers"] == 2
     assert {r["attributes"]["worker"] for r in finals} == {"gw0", "gw1"}
+    # markers are read on the worker, where the test item is, and travel with the report
+    assert {r["test_id"]: r for r in finals}["test_suite.py::test_param[two]"]["attributes"]["markers"] == ["slow"]
     conn = await asyncpg.connect(pg)
     try:
         assert await conn.fetchval("SELECT count(*) FROM executions") == 1
@@ -163,3 +165,62 @@ async def test_with_atas_down_results_are_spooled_and_upload_spool_sends_them_on
     first_line = json.loads(spools[0].read_text().splitlines()[0])
     assert execution["started_at"].isoformat() == first_line["body"]["started_at"]
 
+
+
+async def test_an_interrupted_session_is_cancelled_with_what_ran(ingest, pg, token, tmp_path):
+    suite = write_suite(tmp_path / "suite", "def test_first():\n    pass\n\n"
+                                            "def test_ctrl_c():\n    raise KeyboardInterrupt\n\n"
+                                            "def test_never_run():\n    pass\n")
+    env = clean_env(ATAS_URL=ingest.url, ATAS_TOKEN=token(scopes=["ingest:write"], projects=["shop"]),
+                    ATAS_PROJECT="shop")
+    session = await asyncio.to_thread(run_pytest, suite, env=env)
+    assert session.code == pytest.ExitCode.INTERRUPTED, session.output
+    execution, finals, _ = await _stored(pg, _execution_id(session.output))
+    assert execution["status"] == "cancelled"
+    assert {r["test_id"]: r["status"] for r in finals} == {"test_suite.py::test_first": "passed"}
+
+
+LIVE_SUITE = '''
+import pathlib, time
+
+def test_a():
+    pass
+
+def test_b():
+    pass
+
+def test_waits_until_the_first_results_are_stored():
+    go = pathlib.Path(__file__).with_name("go")
+    deadline = time.monotonic() + 60
+    while not go.exists():
+        assert time.monotonic() < deadline, "the first results were not stored while the session ran"
+        time.sleep(0.05)
+'''
+
+
+async def test_results_are_stored_while_the_session_is_still_running(ingest, pg, token, tmp_path):
+    suite = write_suite(tmp_path / "suite", LIVE_SUITE)
+    env = clean_env(ATAS_URL=ingest.url, ATAS_TOKEN=token(scopes=["ingest:write"], projects=["shop"]),
+                    ATAS_PROJECT="shop")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio", "-q"],
+                            cwd=suite, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        conn = await asyncpg.connect(pg)
+        try:
+            async with asyncio.timeout(30):  # the sender flushes about once a second
+                while await conn.fetchval("SELECT count(*) FROM results WHERE project = 'shop'") < 2:
+                    assert proc.poll() is None, "the session ended before its results were stored"
+                    await asyncio.sleep(0.1)
+            running = await conn.fetchval("SELECT status FROM executions WHERE project = 'shop'")
+        finally:
+            await conn.close()
+        assert running == "running"
+        (suite / "go").touch()
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output
+    execution, finals, _ = await _stored(pg, _execution_id(output))
+    assert execution["status"] == "passed" and len(finals) == 3
