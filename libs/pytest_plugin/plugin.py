@@ -211,8 +211,11 @@ class Reporter:
             self.failure = self.failure or f"the plugin failed at the end of the session: {exc}"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        for line in self.summary_lines():
-            terminalreporter.write_line(line, yellow="spooled" in line or "not reporting" in line)
+        try:
+            for line in self.summary_lines():
+                terminalreporter.write_line(line, yellow="spooled" in line or "not reporting" in line)
+        except Exception:  # noqa: BLE001 - a summary line is not worth a failed session
+            pass
 
     # ------------------------------------------------------------------ helpers
     def execution_body(self) -> dict[str, Any]:
