@@ -4,7 +4,7 @@ The pytest main thread only appends result dicts to a bounded queue. The ``atas-
 creates the execution, sends the queue in batches (as soon as ``batch_max`` results wait, else every
 ``interval_s``) and finishes the execution when the session ends. The thread is woken once per
 batch, not once per test: a thread woken for every result would take the GIL from the tests
-thousands of times a second (measured: +15 % CPU on a suite of trivial tests). The first time ATAS cannot be reached, answers 5xx after a retry, or refuses the
+thousands of times a second. The first time ATAS cannot be reached, answers 5xx after a retry, or refuses the
 credentials, the sender stops talking to it for the rest of the session and everything from then
 on (including the batch that failed and the finish) goes to the spool file; ``atas upload-spool``
 delivers it later. A batch refused for its content (4xx) is spooled too, and sending goes on.
