@@ -224,3 +224,47 @@ async def test_results_are_stored_while_the_session_is_still_running(ingest, pg,
     assert proc.returncode == 0, output
     execution, finals, _ = await _stored(pg, _execution_id(output))
     assert execution["status"] == "passed" and len(finals) == 3
+
+
+async def test_atas_going_down_mid_session_spools_the_rest_and_the_replay_completes_the_execution(
+        ingest, pg, kafka_settings, token, tmp_path):
+    suite = write_suite(tmp_path / "suite", LIVE_SUITE)
+    write = token(scopes=["ingest:write"], projects=["shop"])
+    env = clean_env(ATAS_URL=ingest.url, ATAS_TOKEN=write, ATAS_PROJECT="shop")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:asyncio", "-q",
+                             "--atas-timeout", "2"], cwd=suite, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        conn = await asyncpg.connect(pg)
+        try:
+            async with asyncio.timeout(30):
+                while await conn.fetchval("SELECT count(*) FROM results WHERE project = 'shop'") < 2:
+                    await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+        ingest.stop()  # ATAS goes away with the execution created and two results stored
+        (suite / "go").touch()
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output
+    spools = list((suite / ".atas-spool").glob("*.jsonl"))
+    assert len(spools) == 1 and "atas: 1 results spooled to" in output, output
+    assert "atas: 2 of 3 results reported" in output
+
+    # ATAS is back: the replay recreates nothing, adds the missing result and finishes the run
+    back = ServiceProcess(["serve", "ingest"], settings_env(make_settings(db_dsn=pg, kafka=kafka_settings)),
+                          tmp_path, "ingest-again")
+    try:
+        await asyncio.to_thread(back.wait_healthy, 30, "/readyz")
+        upload = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "atas.cli.main", "upload-spool", str(spools[0])],
+            env=clean_env(ATAS_URL=back.url, ATAS_TOKEN=write), capture_output=True, text=True, timeout=60)
+    finally:
+        back.stop()
+    assert upload.returncode == 0, upload.stderr
+    assert "1 results added, 0 already there" in upload.stdout and "status passed" in upload.stdout
+    execution, finals, attempts = await _stored(pg, spools[0].stem)
+    assert execution["status"] == "passed" and attempts == len(finals) == 3
