@@ -23,6 +23,7 @@ from .openapi import fragment
 from .repository import QueryRepository
 from .rollups import RollupWorker
 from .routes import QUERY_STATE, ROUTES, QueryState
+from .web import setup_web
 
 log = get_logger(__name__)
 
@@ -42,6 +43,7 @@ def setup(app: web.Application, config: QueryConfig | None = None) -> None:
     for path, handler in ROUTES:
         app.router.add_get(path, handler, allow_head=False)
     add_openapi(app, fragment())
+    setup_web(app)  # the dashboard: static files and browser sign-in (web.py)
 
     async def context(app_: web.Application):
         engines = app_[ENGINES]
