@@ -148,7 +148,7 @@ async def signin_link(request: web.Request) -> web.Response:
     resp = web.HTTPSeeOther(f"/p/{project}")
     _set_cookie(request, resp, token, LINK_SESSION_TTL_S)
     resp.headers.update(HEADERS)
-    return resp
+    raise resp
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -170,13 +170,13 @@ async def signin(request: web.Request) -> web.Response:
     try:
         principal = verify_token(request.app[SETTINGS].jwt_secret, token)
     except ApiError as exc:
-        return web.HTTPSeeOther("/signin?error=" + _q(exc.message))
+        raise web.HTTPSeeOther("/signin?error=" + _q(exc.message)) from None
     if "query:read" not in principal.scopes:
-        return web.HTTPSeeOther("/signin?error=" + _q("this token lacks the query:read scope"))
+        raise web.HTTPSeeOther("/signin?error=" + _q("this token lacks the query:read scope"))
     projects = sorted(p for p in principal.projects if p != "*")
     resp = web.HTTPSeeOther(f"/p/{projects[0]}" if len(projects) == 1 else "/")
     _set_cookie(request, resp, token, int((principal.expires_at or time.time() + 3600) - time.time()))
-    return resp
+    raise resp
 
 
 def _q(text: str) -> str:
@@ -190,7 +190,7 @@ async def signout(request: web.Request) -> web.Response:
         raise ApiError(403, "forbidden", "sign-out must be posted from the dashboard's own origin")
     resp = web.HTTPSeeOther("/signin")
     resp.del_cookie(COOKIE_NAME, path="/")
-    return resp
+    raise resp
 
 
 async def session(request: web.Request) -> web.Response:

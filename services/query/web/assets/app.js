@@ -43,7 +43,7 @@ function SignIn() {
       <textarea id="token" name="token" rows="4" required autocomplete="off" spellcheck="false"></textarea>
       <button type="submit">Sign in</button>
     </form>
-    <p class="hint">Mint one with <code>atas token --scope query:read --scope stream:read --project P</code>.
+    <p class="hint">Mint one with <code>atas token -s query:read -s stream:read -p PROJECT --ttl 86400</code>.
       Running <code>atas dev</code>? Open the one-time link it prints. The token is kept in an HttpOnly cookie.</p>
   </main>`;
 }
