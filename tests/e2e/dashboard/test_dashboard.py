@@ -74,3 +74,87 @@ async def test_the_overview_shows_the_apis_numbers_for_the_same_range(dashboard,
         names = await page.eval("[...document.querySelectorAll('[data-k=top_failing] tbody tr a')].map(a => a.textContent)")
         assert names == [t["name"] for t in api["top_failing_tests"]]
     await page.shot("overview")
+
+
+async def test_the_trends_chart_draws_the_apis_buckets_and_a_click_opens_their_runs(dashboard, new_page):
+    ids = await seed(dashboard, 3)
+    page = await signed_in(dashboard, new_page)
+    await page.goto(f"{dashboard.url}/p/demo/trends?range=24h")
+    await page.wait("document.querySelector('.chart') && document.querySelector('.chart').uplot")
+    rng = await page.eval("(d => ({f: d.from, to: d.to, bucket: d.bucket}))(document.querySelector('[data-bucket]').dataset)")
+    api = await dashboard.get("/v1/trends", project="demo", bucket=rng["bucket"], **{"from": rng["f"], "to": rng["to"]})
+    drawn = await page.eval("document.querySelector('.chart').uplot.data")
+    assert rng["bucket"] == "hour" and len(drawn[0]) == len(api["buckets"]) >= 24
+    from datetime import datetime
+
+    assert drawn[0] == [datetime.fromisoformat(b["start"]).timestamp() for b in api["buckets"]]
+    assert drawn[1] == [None if b["pass_rate"] is None else pytest.approx(b["pass_rate"] * 100) for b in api["buckets"]]
+    assert drawn[2] == [b["executions"] for b in api["buckets"]]
+    busy = max(range(len(drawn[2])), key=lambda i: drawn[2][i])
+    assert drawn[2][busy] == 3
+    # Hover over the busiest bucket shows its numbers; a click opens its runs.
+    await page.eval(f"(u => u.setCursor({{left: u.valToPos(u.data[0][{busy}], 'x'), top: 10}}))(document.querySelector('.chart').uplot)")
+    assert "3 executions" in await page.wait("document.querySelector('[data-k=readout]').textContent.includes('3 executions') && document.querySelector('[data-k=readout]').textContent")
+    await page.shot("trends")
+    await page.eval("document.querySelector('.chart .u-over').click()")
+    await page.wait("location.pathname === '/p/demo/runs' && document.querySelector('[data-ready=runs]')")
+    shown = await page.eval("[...document.querySelectorAll('tr[data-id]')].map(r => r.dataset.id)")
+    assert sorted(shown) == sorted(ids)
+
+
+async def test_paging_runs_older_then_newer_shows_the_apis_pages(dashboard, new_page):
+    ids = await seed(dashboard, 7)
+    api_pages, cursor = [], None
+    while True:
+        got = await dashboard.get("/v1/executions", project="demo", limit=3, cursor=cursor)
+        api_pages.append([e["id"] for e in got["items"]])
+        cursor = got["next_cursor"]
+        if cursor is None:
+            break
+    assert [len(p) for p in api_pages] == [3, 3, 1] and sorted(sum(api_pages, [])) == sorted(ids)
+    page = await signed_in(dashboard, new_page)
+    await page.goto(f"{dashboard.url}/p/demo/runs?limit=3")
+
+    async def rows() -> list[str]:
+        await page.wait("document.querySelector('[data-ready=runs]')")
+        return await page.eval("[...document.querySelectorAll('tr[data-id]')].map(r => r.dataset.id)")
+
+    seen = [await rows()]
+    await page.shot("runs")
+    for _ in range(2):
+        before = seen[-1]
+        await page.click("[data-k=older]")
+        await page.wait(f"document.querySelector('tr[data-id]') && document.querySelector('tr[data-id]').dataset.id !== {json.dumps(before[0])}")
+        seen.append(await rows())
+    assert seen == api_pages
+    assert await page.eval("document.querySelector('[data-k=older]').disabled")
+    for expected in reversed(api_pages[:-1]):
+        await page.click("[data-k=newer]")
+        await page.wait(f"document.querySelector('tr[data-id]').dataset.id === {json.dumps(expected[0])}")
+        assert await rows() == expected
+    assert await page.eval("document.querySelector('[data-k=newer]').disabled")
+    assert "cursor" not in await page.eval("location.search")
+
+
+async def test_a_run_started_through_ingest_appears_live_and_its_counters_move_without_reload(dashboard, new_page):
+    page = await signed_in(dashboard, new_page)
+    await page.goto(f"{dashboard.url}/p/demo/live")
+    await page.wait("document.querySelector('[data-ready=live]') && document.querySelector('[data-k=connection]').textContent.includes('live')")
+    assert "No run in progress" in await page.eval("document.body.innerText")
+    await page.eval("window.stayed = true")  # gone if the page reloads
+    started = time.monotonic()
+    ex = await dashboard.post("/v1/executions", {"project": "demo", "name": "live one", "branch": "main"})
+    await page.wait(f"document.querySelector('tr[data-id=\"{ex['id']}\"]')", timeout=2.0)
+    appeared = time.monotonic() - started
+    sel = f"tr[data-id=\"{ex['id']}\"] [data-c=failed]"
+    assert await page.text(sel) == "0"
+    started = time.monotonic()
+    await dashboard.post(f"/v1/executions/{ex['id']}/results", {"results": [
+        {"test_id": "t::a", "name": "a", "status": "failed"}, {"test_id": "t::b", "name": "b", "status": "passed"}]})
+    await page.wait(f"document.querySelector('{sel}').textContent === '1'", timeout=2.0)
+    moved = time.monotonic() - started
+    assert await page.eval("window.stayed === true")
+    await page.shot("live")
+    await dashboard.post(f"/v1/executions/{ex['id']}/finish")
+    await page.wait(f"document.querySelector('tr[data-id=\"{ex['id']}\"] .status').textContent.includes('failed')", timeout=2.0)
+    print(f"live: appeared after {appeared:.2f} s, counters moved after {moved:.2f} s")

@@ -14,6 +14,7 @@ function Chart({ buckets, bucket, onPick, onHover }) {
     const fg = css.getPropertyValue('--fg').trim() || '#222';
     const xs = buckets.map((b) => new Date(b.start).getTime() / 1000);
     const data = [xs, buckets.map((b) => (b.pass_rate === null ? null : b.pass_rate * 100)), buckets.map((b) => b.executions)];
+    let last = null; // the bucket under the pointer when it last was over one
     const opts = {
       width: el.current.clientWidth || 800, height: 280,
       scales: { x: { time: true }, pct: { range: [0, 100] }, n: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
@@ -22,15 +23,16 @@ function Chart({ buckets, bucket, onPick, onHover }) {
       series: [{}, { label: 'pass rate', scale: 'pct', stroke: css.getPropertyValue('--pass').trim(), width: 2, spanGaps: false, value: (u, v) => (v === null ? '—' : v.toFixed(1) + ' %') },
         { label: 'executions', scale: 'n', stroke: css.getPropertyValue('--accent').trim(), fill: css.getPropertyValue('--accent-fill').trim(), paths: window.uPlot.paths.bars({ size: [0.6, 40] }), points: { show: false } }],
       cursor: { points: { size: 8 } },
-      hooks: { setCursor: [(u) => onHover(u.cursor.idx)] },
+      hooks: { setCursor: [(u) => { if (u.cursor.idx !== null && u.cursor.idx !== undefined) last = u.cursor.idx; onHover(u.cursor.idx); }] },
     };
     const u = new window.uPlot(opts, data, el.current);
     el.current.uplot = u; // the browser tests read what was drawn
-    const click = () => { if (u.cursor.idx !== null && u.cursor.idx !== undefined) onPick(u.cursor.idx); };
-    u.over.addEventListener('click', click);
+    const click = () => { if (last !== null) onPick(last); };
+    el.current.addEventListener('click', click, true); // capture: uPlot handles clicks on its overlay itself
     const resize = () => u.setSize({ width: el.current.clientWidth, height: 280 });
     addEventListener('resize', resize);
-    return () => { removeEventListener('resize', resize); u.destroy(); };
+    const host = el.current;
+    return () => { removeEventListener('resize', resize); host.removeEventListener('click', click, true); u.destroy(); };
   }, [buckets]);
   return html`<div class="chart" ref=${el} role="img" aria-label=${`pass rate and executions per ${bucket}; the table below has the same numbers`}></div>`;
 }
@@ -51,7 +53,7 @@ export function Trends({ project }) {
     <${Filters} extra=${bucketSelect} />
     <${ErrorBox} error=${error} />
     ${loading && !data ? html`<${Loading} />` : null}
-    ${data ? html`
+    ${data ? html`<section data-from=${data.range.from} data-to=${data.range.to} data-bucket=${data.bucket}>
       <${Chart} buckets=${data.buckets} bucket=${bucket} onPick=${pick} onHover=${setHover} />
       <p class="readout" aria-live="polite" data-k="readout">${h ? html`<strong>${when(h.start)}</strong>: ${num(h.executions)} executions,
         pass rate ${pct(h.pass_rate)}, ${num(h.results_by_status.failed + h.results_by_status.error)} failed/error results, p95 ${dur(h.duration_p95_ms)} — click for its runs`
@@ -59,5 +61,5 @@ export function Trends({ project }) {
       <details class="buckets"><summary>Table (${data.buckets.length} buckets)</summary>
       <table class="list" data-ready="trends"><thead><tr><th>Bucket (UTC)</th><th class="n">Executions</th><th class="n">Pass rate</th><th class="n">Failed + error</th><th class="n">p50</th><th class="n">p95</th></tr></thead>
         <tbody>${data.buckets.slice().reverse().map((b) => html`<tr><td><a href=${runsOf(b)}>${when(b.start)}</a></td><td class="n">${num(b.executions)}</td>
-          <td class="n">${pct(b.pass_rate)}</td><td class="n">${num(b.results_by_status.failed + b.results_by_status.error)}</td><td class="n">${dur(b.duration_p50_ms)}</td><td class="n">${dur(b.duration_p95_ms)}</td></tr>`)}</tbody></table></details>` : null}`;
+          <td class="n">${pct(b.pass_rate)}</td><td class="n">${num(b.results_by_status.failed + b.results_by_status.error)}</td><td class="n">${dur(b.duration_p50_ms)}</td><td class="n">${dur(b.duration_p95_ms)}</td></tr>`)}</tbody></table></details></section>` : null}`;
 }
