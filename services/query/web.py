@@ -38,7 +38,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "media-src 'self' blob:; connect-src 'self'; font-src 'self'; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-           "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+           "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
 IMMUTABLE = "public, max-age=31536000, immutable"
 # A one-time link is meant to be clicked right after `atas dev` prints it.
 LINK_TTL_S = 15 * 60
@@ -153,6 +153,8 @@ async def signin_link(request: web.Request) -> web.Response:
 
 def _same_origin(request: web.Request) -> bool:
     """A form post from this dashboard (browsers send Origin on POST); refuses login CSRF."""
+    if request.headers.get("Sec-Fetch-Site") in ("same-origin", "none"):
+        return True
     origin = request.headers.get("Origin")
     if origin is None or origin == "null":
         return origin is None

@@ -101,7 +101,10 @@ class Page:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    got = await self.eval(f"(() => {{ try {{ const v = ({expression}); return v instanceof Element ? true : v; }} catch (e) {{ return null; }} }})()")
+                    try:
+                        got = await self.eval(f"(() => {{ try {{ const v = ({expression}); return v instanceof Element ? true : v; }} catch (e) {{ return null; }} }})()")
+                    except RuntimeError:  # the page navigated away while being asked
+                        got = None
                     if got:
                         return got
                     await asyncio.sleep(0.05)

@@ -158,3 +158,93 @@ async def test_a_run_started_through_ingest_appears_live_and_its_counters_move_w
     await dashboard.post(f"/v1/executions/{ex['id']}/finish")
     await page.wait(f"document.querySelector('tr[data-id=\"{ex['id']}\"] .status').textContent.includes('failed')", timeout=2.0)
     print(f"live: appeared after {appeared:.2f} s, counters moved after {moved:.2f} s")
+
+
+async def test_run_detail_shows_attempts_errors_and_attachments_and_follows_the_run_live(dashboard, new_page, pg):
+    ex = await dashboard.post("/v1/executions", {"project": "demo", "name": "e2e suite", "environment": "ci",
+                                                 "build_url": "https://ci.example/builds/7"})
+    run_id = ex["id"]
+    await dashboard.post(f"/v1/executions/{run_id}/results", {"results": [
+        {"test_id": "login::test_ok", "name": "test_ok", "status": "passed", "duration_ms": 120},
+        {"test_id": "login::test_flaky", "name": "test_flaky", "status": "failed", "attempt": 1,
+         "error_type": "AssertionError", "error_message": "expected 200, got 503", "error_trace": "Traceback (most recent call last):\n  boom",
+         "attachments": [{"uri": "s3://bucket/shot.png", "kind": "screenshot", "content_type": "image/png"},
+                         {"uri": "https://ci.example/log.txt", "kind": "log", "name": "console log"}]},
+        {"test_id": "login::test_flaky", "name": "test_flaky", "status": "passed", "attempt": 2}]})
+    # A stored attachment (the attachments API): its entry has an id, downloaded through the query route.
+    import asyncpg
+
+    conn = await asyncpg.connect(pg)
+    try:
+        await conn.execute("UPDATE results SET attachments = $1::jsonb WHERE execution_id = $2 AND test_id = 'login::test_ok'",
+                           json.dumps([{"id": "att-1", "name": "page.png", "content_type": "image/png", "uri": "s3://x/page.png"}]),
+                           __import__("uuid").UUID(run_id))
+    finally:
+        await conn.close()
+    page = await signed_in(dashboard, new_page)
+    await page.goto(f"{dashboard.url}/p/demo/runs/{run_id}")
+    await page.wait("document.querySelector('[data-ready=run]') && document.querySelector('[data-k=connection]').textContent.includes('live')")
+    assert "running" in await page.text("[data-k=status]")
+    flaky = "tr[data-test='login::test_flaky']"
+    assert "2 attempts" in await page.text(flaky)
+    assert await page.eval(f"[...document.querySelectorAll(\"{flaky} .attempt .status\")].map(s => s.textContent.trim())") == ["✗ failed", "✓ passed"]
+    assert "AssertionError" in await page.text(f"{flaky} details summary")
+    assert not await page.eval(f"document.querySelector(\"{flaky} details\").open")
+    await page.click(f"{flaky} details summary")
+    assert "boom" in await page.eval(f"document.querySelector(\"{flaky} details pre.trace\").innerText")
+    assert await page.eval(f"document.querySelector(\"{flaky} a.att\").href") == "https://ci.example/log.txt"
+    assert await page.text(f"{flaky} .att.uri") == "s3://bucket/shot.png"
+    img = await page.eval("document.querySelector(\"tr[data-test='login::test_ok'] img\").getAttribute('src')")
+    assert img == "/v1/attachments/att-1?project=demo"
+    await page.shot("run")
+    # Live: a new batch and the finish show up without a reload.
+    await page.eval("window.stayed = true")
+    await dashboard.post(f"/v1/executions/{run_id}/results", {"results": [
+        {"test_id": "cart::test_total", "name": "test_total", "status": "error", "error_message": "db gone"}]})
+    await page.wait("document.querySelector(\"tr[data-test='cart::test_total']\")", timeout=3)
+    await page.wait("document.querySelector('header.run [data-c=error]').textContent === '1'", timeout=2)
+    await dashboard.post(f"/v1/executions/{run_id}/finish")
+    await page.wait("document.querySelector('[data-k=status]').textContent.includes('error') || document.querySelector('[data-k=status]').textContent.includes('failed')", timeout=3)
+    assert await page.eval("window.stayed === true")
+    # The status filter keeps the failing attempts only.
+    await page.goto(f"{dashboard.url}/p/demo/runs/{run_id}?status=failed,error")
+    await page.wait("document.querySelector('table.results')")
+    assert sorted(await page.eval("[...document.querySelectorAll('tr[data-test]')].map(r => r.dataset.test)")) == ["cart::test_total", "login::test_flaky"]
+
+
+async def test_a_foreign_projects_data_is_never_shown(dashboard, new_page):
+    secret_run = await dashboard.run("other", results=[{"test_id": "x::test_secret_thing", "status": "failed"}], name="other-secret-run")
+    await seed(dashboard, 1)
+    page = await signed_in(dashboard, new_page)  # signed in to demo only
+    for path in ("/p/other", "/p/other/runs", f"/p/other/runs/{secret_run}", f"/p/demo/runs/{secret_run}",
+                 "/p/other/tests", "/p/other/tests/x%3A%3Atest_secret_thing", "/p/other/live"):
+        await page.goto(dashboard.url + path)
+        await page.wait("document.querySelector('[role=alert]')")
+        text = await page.eval("document.body.innerText")
+        assert "other-secret-run" not in text and "test_secret_thing" not in text.replace("x::test_secret_thing", "", 1 if "tests/x" in path else 0)
+        assert "Not allowed" in text or "Something went wrong" in text, (path, text)
+    # The API itself refuses the cookie for the other project.
+    status = await page.eval("fetch('/v1/executions?project=other').then(r => r.status)")
+    assert status == 403
+
+
+async def test_the_sign_in_link_works_once(dashboard, new_page):
+    link = dashboard.link("demo")
+    first = await new_page()
+    await first.goto(link)
+    await first.wait("location.pathname === '/p/demo' && document.querySelector('h1')")
+    assert await first.eval("document.cookie") == ""  # HttpOnly: not readable by scripts
+    again = await new_page()  # another browser context, no cookie
+    await again.goto(link)
+    await again.wait("document.querySelector('h1')")
+    assert "spent" in await again.text("h1")
+    await again.goto(f"{dashboard.url}/p/demo")
+    await again.wait("document.querySelector('[role=alert]')")
+    assert "Not signed in" in await again.eval("document.body.innerText")
+    # The sign-in page takes a token instead; a bad one is refused with the reason.
+    await again.goto(f"{dashboard.url}/signin")
+    await again.wait("document.querySelector('textarea#token')")
+    await again.shot("signin")
+    await again.eval("document.querySelector('#token').value = 'not-a-token'; document.querySelector('.signin form').submit()")
+    await again.wait("location.pathname === '/signin' && document.querySelector('[role=alert]')")
+    assert "invalid token" in await again.text("[role=alert]")
