@@ -133,7 +133,11 @@ async def _run(settings, args, data_dir: Path, *, embedded_pg: bool) -> int:
             f"Kafka {settings.kafka.bootstrap_servers}" if settings.kafka else "events in-process",
             f"Redis {settings.redis.host}:{settings.redis.port}" if settings.redis else "cache and fan-out in-process",
         ]
-        print(_banner(base, token, args.project, engines, data_dir), file=sys.stderr, flush=True)
+        from atas.query.web import issue_signin_link
+
+        # One-time: the link signs one browser in (an HttpOnly cookie with a read-only token).
+        dashboard = base + issue_signin_link(app, args.project)
+        print(_banner(base, token, args.project, engines, data_dir, dashboard), file=sys.stderr, flush=True)
 
     async def demo() -> None:
         await ready.wait()
@@ -156,9 +160,12 @@ async def _run(settings, args, data_dir: Path, *, embedded_pg: bool) -> int:
     return 0
 
 
-def _banner(base: str, token: str, project: str, engines: list[str], data_dir: Path) -> str:
+def _banner(base: str, token: str, project: str, engines: list[str], data_dir: Path, dashboard: str) -> str:
     return f"""
   ATAS is running (all services, one process)
+
+    Dashboard  {dashboard}
+               (a one-time sign-in link for project {project}; then {base}/p/{project})
 
     Ingest   POST {base}/v1/executions   ·  POST {base}/v1/junit
     Query    GET  {base}/v1/dashboard/overview?project={project}
