@@ -248,3 +248,32 @@ async def test_the_sign_in_link_works_once(dashboard, new_page):
     await again.eval("document.querySelector('#token').value = 'not-a-token'; document.querySelector('.signin form').submit()")
     await again.wait("location.pathname === '/signin' && document.querySelector('[role=alert]')")
     assert "invalid token" in await again.text("[role=alert]")
+
+
+async def test_the_keyboard_reaches_and_opens_runs_and_errors(dashboard, new_page):
+    run_id = await dashboard.run(results=[{"test_id": "k::test_broken", "status": "failed", "error_message": "kaput"}],
+                                 name="keyboard run")
+    page = await signed_in(dashboard, new_page)
+    await page.goto(f"{dashboard.url}/p/demo/runs")
+    await page.wait("document.querySelector('[data-ready=runs]')")
+
+    async def key(name: str, code: str, keycode: int, **extra) -> None:
+        for kind in ("keyDown", "keyUp"):
+            await page.devtools.call("Input.dispatchKeyEvent", {"type": kind, "key": name, "code": code,
+                                                                "windowsVirtualKeyCode": keycode, **extra}, page.session)
+
+    await key("Tab", "Tab", 9)
+    assert await page.eval("document.activeElement.textContent") == "Skip to content"
+    # Tab until the run's link has the focus, then Enter opens it.
+    for _ in range(40):
+        if await page.eval("document.activeElement.textContent") == "keyboard run":
+            break
+        await key("Tab", "Tab", 9)
+    else:
+        raise AssertionError("Tab never reached the run's link")
+    await key("Enter", "Enter", 13, text="\r")
+    await page.wait(f"location.pathname === '/p/demo/runs/{run_id}' && document.querySelector('table.results details summary')")
+    await page.eval("document.querySelector('table.results details summary').focus()")
+    await key("Enter", "Enter", 13, text="\r")
+    await page.wait("document.querySelector('table.results details').open")
+    assert "kaput" in await page.eval("document.querySelector('table.results details pre').innerText")

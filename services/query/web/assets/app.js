@@ -24,6 +24,7 @@ function route(pathname) {
 function Header({ r }) {
   const base = `/p/${encodeURIComponent(r.project)}`;
   return html`<header class="top">
+    <a class="skip" href="#main">Skip to content</a>
     <a class="brand" href=${base}>ATAS</a>
     <span class="project" title="project">${r.project}</span>
     <nav aria-label="pages">${PAGES.map(([p, label]) => html`
@@ -93,6 +94,7 @@ document.addEventListener('click', (e) => {
   if (!a || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
   const url = new URL(a.href, location.href);
   if (url.origin !== location.origin || a.target || a.hasAttribute('download') || !url.pathname.startsWith('/p/')) return;
+  if (url.hash && url.pathname === location.pathname) return; // in-page anchors (skip link)
   e.preventDefault();
   navigate(url.pathname + url.search);
   scrollTo(0, 0);
