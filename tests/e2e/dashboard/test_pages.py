@@ -47,3 +47,8 @@ async def test_every_page_renders_demo_data(dashboard, new_page):
         if name == "run":
             await page.eval("document.querySelector('table.results details') && (document.querySelector('table.results details').open = true)")
         await page.shot(name)
+        if name == "overview":  # the dark theme follows prefers-color-scheme
+            await page.devtools.call("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}, page.session)
+            assert await page.eval("getComputedStyle(document.body).backgroundColor") == "rgb(17, 20, 27)"
+            await page.shot("overview-dark")
+            await page.devtools.call("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "light"}]}, page.session)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import re
+import subprocess
+from pathlib import Path
 
 from atas.common.auth import COOKIE_NAME
 from atas.query.web import WEB, issue_signin_link
@@ -66,3 +68,21 @@ async def test_signing_in_with_a_token_checks_it_and_refuses_other_origins(token
         assert forged.status == 403 and "Set-Cookie" not in forged.headers
         out = await client.post("/signout", allow_redirects=False)
         assert out.status == 303 and f"{COOKIE_NAME}=\"\"" in out.headers["Set-Cookie"]
+
+
+def test_the_vendored_files_are_the_ones_recorded_and_the_page_names_only_existing_assets():
+    root = Path(__file__).resolve().parents[3]
+    check = subprocess.run([str(root / "scripts" / "vendor-js"), "--check"], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    from atas.query.web import WEB_DIR, load_assets
+
+    _, assets = load_assets()
+    named = re.findall(r"/assets/\{\{version\}\}/([^\"]+)", (WEB_DIR / "index.html").read_text())
+    assert named and all(n in assets for n in named)
+    for rel, asset in assets.items():  # every relative import of a module resolves to a served file
+        if rel.endswith((".js", ".mjs")):
+            for imported in re.findall(rb"from\s*[\"'](\.{1,2}/[^\"']+)[\"']", asset.body):
+                target = (Path(rel).parent / imported.decode()).as_posix()
+                import posixpath
+
+                assert posixpath.normpath(target) in assets, f"{rel} imports {imported.decode()}"

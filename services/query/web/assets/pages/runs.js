@@ -26,7 +26,8 @@ export function Counts({ counts, tests, total }) {
     <span title="error"><span aria-hidden="true">!</span> <span data-c="error">${num(counts.error)}</span><span class="sr"> error</span></span>
     <span title="skipped"><span aria-hidden="true">–</span> <span data-c="skipped">${num(counts.skipped)}</span><span class="sr"> skipped</span></span>
     <span class="sub" title="attempts"> / <span data-c="total">${num(total)}</span> attempts</span>
-    ${tests ? html`<span class="sub" title="distinct tests by final attempt"> · ${num(tests.total)} tests${tests.flaky ? `, ${num(tests.flaky)} flaky` : ''}</span>` : null}</span>`;
+    ${tests ? html`<span class="sub" title="distinct tests by their final attempt" data-c="tests"> · ${num(tests.total)} tests${
+      (tests.failed || tests.error) ? `, ${num((tests.failed || 0) + (tests.error || 0))} failing` : ''}${tests.flaky ? `, ${num(tests.flaky)} flaky` : ''}</span>` : null}</span>`;
 }
 
 export function Runs({ project }) {
