@@ -1,5 +1,5 @@
 // Project overview: pass rate, executions by status, duration mean/p95, top failing tests.
-import { html, query, useApi, rangeParams, filterParams, pct, num, dur, when, ErrorBox, Loading, Status } from '../api.js';
+import { html, query, href, useApi, rangeParams, filterParams, pct, num, dur, when, ErrorBox, Loading, Status } from '../api.js';
 import { Filters } from './filters.js';
 import { EmptyProject } from './empty.js';
 
@@ -18,7 +18,8 @@ export function Overview({ project }) {
         <p class="sub">${num(data.results_by_status.passed)} passed of ${num(data.results)} results</p></div>
       <div class="card"><h2>Executions</h2><p class="big" data-k="executions">${num(data.executions)}</p>
         <ul class="bystatus">${Object.entries(data.executions_by_status).map(([s, n]) => html`
-          <li><${Status} status=${s} /> <span data-k=${'executions_' + s}>${num(n)}</span></li>`)}</ul></div>
+          <li><a href=${href(`${base}/runs`, { ...filterParams(q), status: s, from: data.range.from, to: data.range.to })} title=${`${s} runs in this range`}><${Status} status=${s} /></a>
+            <span data-k=${'executions_' + s}>${num(n)}</span></li>`)}</ul></div>
       <div class="card"><h2>Duration</h2><p class="big"><span class="sr">mean </span><span data-k="duration_mean">${dur(data.duration.mean_ms)}</span></p>
         <p class="sub">mean · p95 <span data-k="duration_p95">${dur(data.duration.p95_ms)}</span></p></div>
       <div class="card"><h2>Results</h2><ul class="bystatus">${Object.entries(data.results_by_status).map(([s, n]) => html`
