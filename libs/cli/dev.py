@@ -164,10 +164,14 @@ async def _run(settings, configs: dict, args, data_dir: Path, *, embedded_pg: bo
         f"Redis {settings.redis.host}:{settings.redis.port}" if settings.redis else "cache and fan-out in-process",
         f"attachments {settings.storage.url}" if settings.storage else "attachments off",
     ]
+    from atas.query.web import issue_signin_link
+
+    # One-time: the link signs one browser in (an HttpOnly cookie with a read-only token).
+    dashboard = base + issue_signin_link(app, args.project)
 
     async def announce() -> None:
         await ready.wait()
-        print(_banner(base, token, args.project, engines, data_dir), file=sys.stderr, flush=True)
+        print(_banner(base, token, args.project, engines, data_dir, dashboard), file=sys.stderr, flush=True)
 
     async def demo() -> None:
         await ready.wait()
@@ -183,7 +187,7 @@ async def _run(settings, configs: dict, args, data_dir: Path, *, embedded_pg: bo
         summary = await run_load(base, token, project=args.project, executions=30, tests=120,
                                  concurrency=4, progress=False, seed=DEMO_SEED)
         # The demo's requests logged a screenful: say again where things are, last.
-        print(_banner(base, token, args.project, engines, data_dir), file=sys.stderr, flush=True)
+        print(_banner(base, token, args.project, engines, data_dir, dashboard), file=sys.stderr, flush=True)
         print(f"[atas dev] demo data ready: {summary.describe()}", file=sys.stderr, flush=True)
 
     announcer = asyncio.create_task(announce())
@@ -208,9 +212,12 @@ async def _has_executions(base: str, token: str, project: str) -> bool:
             return resp.status == 200 and bool((await resp.json())["items"])
 
 
-def _banner(base: str, token: str, project: str, engines: list[str], data_dir: Path) -> str:
+def _banner(base: str, token: str, project: str, engines: list[str], data_dir: Path, dashboard: str) -> str:
     return f"""
   ATAS is running (all services, one process)
+
+    Dashboard  {dashboard}
+               (a one-time sign-in link for project {project}; then {base}/p/{project})
 
     Ingest   POST {base}/v1/executions   ·  POST {base}/v1/junit
     Query    GET  {base}/v1/dashboard/overview?project={project}

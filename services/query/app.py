@@ -26,6 +26,7 @@ from .openapi import fragment
 from .repository import QueryRepository
 from .rollups import RollupWorker
 from .routes import QUERY_STATE, ROUTES, QueryState
+from .web import setup_web
 
 log = get_logger(__name__)
 
@@ -50,6 +51,7 @@ def setup(app: web.Application, config: QueryConfig | None = None) -> None:
     add_openapi(app, fragment())
     # Not ready until the rollup tables (V020) and the ingest tables it reads are migrated.
     add_schema_gate(app, "query")
+    setup_web(app)  # the dashboard: static files and browser sign-in (web.py)
 
     async def context(app_: web.Application):
         engines = app_[ENGINES]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -88,6 +89,13 @@ async def test_import_junit_then_read_overview_and_stream(engines, request, tmp_
             assert f"Kafka {env['KAFKA_BOOTSTRAP_SERVERS']}" in log and f"Redis {env['REDIS_HOST']}" in log
         token = (data_dir / "dev_token").read_text().strip()
         auth = {"Authorization": f"Bearer {token}"}
+        # The dashboard link signs a browser in once (tests/e2e/dashboard drives a real browser).
+        link = re.search(r"Dashboard +(http://\S+/signin/link/\S+)", log).group(1)
+        async with aiohttp.ClientSession() as browser:
+            async with browser.get(link, allow_redirects=False) as first:
+                assert first.status == 303 and "HttpOnly" in first.headers["Set-Cookie"]
+            async with browser.get(link, allow_redirects=False) as again:
+                assert again.status == 410
         project = f"e2e-{engines.replace('+', '-')}"
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
