@@ -56,44 +56,57 @@ async def run(args: argparse.Namespace, fleet: Fleet) -> dict:
     avail = Availability({role: fleet.urls(role) for role in ("ingest", "query", "stream")})
     stop_load, stop_watch = asyncio.Event(), asyncio.Event()
     conn = aiohttp.TCPConnector(limit=0)
+    tasks: list[asyncio.Task] = []
     async with aiohttp.ClientSession(connector=conn) as http:
-        watchers = [asyncio.create_task(m.run(stop_watch, http)) for m in monitors]
-        watchers.append(asyncio.create_task(avail.run(stop_watch, http)))
-        await asyncio.sleep(3)  # monitors connected before the first event
-        t0 = time.monotonic()
-        load = [asyncio.create_task(Harness(i, fleet.urls("ingest"), token, PROJECT, h,
-                                            random.Random(rng.getrandbits(64))).run(stop_load, http))
-                for i in range(args.harnesses)]
-        load += [asyncio.create_task(dashboard_reader(fleet.urls("query"), token, PROJECT, h, stop_load, http))
-                 for _ in range(2)]
-        injector = Injector(fleet, monitors)
-        faults = schedule(args.seed, args.duration)
-        say(f"load started; {len(faults)} faults scheduled: " + ", ".join(f"{f.at:.0f}s {f.kind}" for f in faults))
-        inject = asyncio.create_task(injector.run(faults, t0))
-        while time.monotonic() - t0 < args.duration:
-            await asyncio.sleep(min(10.0, args.duration - (time.monotonic() - t0)))
-            say(f"t={time.monotonic() - t0:.0f}s executions={len(h.executions)} acked={len(h.acked)} "
-                f"errors={h.harness_errors} reads={h.reads_ok}/{h.reads_failed} "
-                f"sse={sum(len(m.seen.log) for m in monitors)}")
-        await inject  # the last fault ends before the load stops (scheduled in the first 70%)
-        stop_load.set()
-        await asyncio.gather(*load)
-        duration = time.monotonic() - t0
-        say("load stopped; waiting for quiescence")
-        for s in fleet.all():
-            await asyncio.to_thread(s.wait_healthy, 180)
-        pool = await asyncpg.create_pool(fleet.env["DB_URL"], min_size=1, max_size=4)
         try:
-            await _quiesce(pool, monitors)
-            stop_watch.set()
-            await asyncio.gather(*watchers)
-            figures = await check.results(pool, PROJECT, h)
-            kafka = await check.read_topic(fleet.env["KAFKA_BOOTSTRAP_SERVERS"], fleet.env.get("KAFKA_TOPIC", "atas.events"))
-            ev, last_seq = await check.events(pool, PROJECT, kafka)
-            figures |= ev | check.sse(monitors, last_seq)
-            figures |= await check.query(pool, fleet.urls("query")[0], token, PROJECT, CACHE_TTL_S + 10)
-        finally:
-            await pool.close()
+            return await _run(args, fleet, token, h, rng, monitors, avail, stop_load, stop_watch, http, tasks)
+        finally:  # on a failure, nothing may go on using the session (or the fleet) behind our back
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _run(args, fleet, token, h, rng, monitors, avail, stop_load, stop_watch, http, tasks) -> dict:
+    """Load, faults, quiescence, checks; every task it starts goes into ``tasks``."""
+    watchers = [asyncio.create_task(m.run(stop_watch, http)) for m in monitors]
+    watchers.append(asyncio.create_task(avail.run(stop_watch, http)))
+    tasks += watchers
+    await asyncio.sleep(3)  # monitors connected before the first event
+    t0 = time.monotonic()
+    load = [asyncio.create_task(Harness(i, fleet.urls("ingest"), token, PROJECT, h,
+                                        random.Random(rng.getrandbits(64))).run(stop_load, http))
+            for i in range(args.harnesses)]
+    load += [asyncio.create_task(dashboard_reader(fleet.urls("query"), token, PROJECT, h, stop_load, http))
+             for _ in range(2)]
+    injector = Injector(fleet, monitors)
+    faults = schedule(args.seed, args.duration)
+    say(f"load started; {len(faults)} faults scheduled: " + ", ".join(f"{f.at:.0f}s {f.kind}" for f in faults))
+    inject = asyncio.create_task(injector.run(faults, t0))
+    tasks += [*load, inject]
+    while time.monotonic() - t0 < args.duration:
+        await asyncio.sleep(min(10.0, args.duration - (time.monotonic() - t0)))
+        say(f"t={time.monotonic() - t0:.0f}s executions={len(h.executions)} acked={len(h.acked)} "
+            f"errors={h.harness_errors} reads={h.reads_ok}/{h.reads_failed} "
+            f"sse={sum(len(m.seen.log) for m in monitors)}")
+    await inject  # the last fault ends before the load stops (scheduled in the first 70%)
+    stop_load.set()
+    await asyncio.gather(*load)
+    duration = time.monotonic() - t0
+    say("load stopped; waiting for quiescence")
+    for s in fleet.all():
+        await asyncio.to_thread(s.wait_healthy, 180)
+    pool = await asyncpg.create_pool(fleet.env["DB_URL"], min_size=1, max_size=4)
+    try:
+        await _quiesce(pool, monitors)
+        stop_watch.set()
+        await asyncio.gather(*watchers)
+        figures = await check.results(pool, PROJECT, h)
+        kafka = await check.read_topic(fleet.env["KAFKA_BOOTSTRAP_SERVERS"], fleet.env.get("KAFKA_TOPIC", "atas.events"))
+        ev, last_seq = await check.events(pool, PROJECT, kafka)
+        figures |= ev | check.sse(monitors, last_seq)
+        figures |= await check.query(pool, fleet.urls("query")[0], token, PROJECT, CACHE_TTL_S + 10)
+    finally:
+        await pool.close()
     during = sorted((end - start) * 1000 for start, end, _ok in h.batch_calls
                     if any(start < w_end and end > w_start for w_start, w_end in injector.windows))
     return {"duration_s": round(duration, 1), "seed": args.seed, "faults": injector.done, **figures,

@@ -10,7 +10,7 @@ from collections import defaultdict
 import aiohttp
 import asyncpg
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from .fleet import say
 from .load import History
@@ -39,19 +39,23 @@ async def results(pool: asyncpg.Pool, project: str, h: History) -> dict:
 
 async def read_topic(bootstrap: str, topic: str) -> list[dict]:
     """Every event on the topic, from the beginning (no consumer group: nothing is committed)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # Subscribed without a group: every partition is assigned to this consumer, read from offset 0.
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
-        if not parts:
-            await consumer.topics()
-            parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
-        consumer.assign(parts)
+        async with asyncio.timeout(60):
+            while not consumer.assignment():
+                await asyncio.sleep(0.2)
+        parts = sorted(consumer.assignment())
         await consumer.seek_to_beginning(*parts)
         end = await consumer.end_offsets(parts)
         out: list[dict] = []
         deadline = time.monotonic() + 120
-        while any(await consumer.position(tp) < end[tp] for tp in parts) and time.monotonic() < deadline:
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end[tp] for tp in parts])
+
+        while await behind() and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=1000, max_records=5000)).values():
                 out.extend(msgspec.json.decode(r.value) for r in records)
         return out

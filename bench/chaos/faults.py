@@ -21,7 +21,7 @@ KINDS = ("sigkill_ingest", "sigterm_ingest", "sigkill_stream", "sigterm_stream",
          "sigterm_query", "kafka_stop_start", "redis_restart", "postgres_restart", "client_stops_reading")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Fault:
     at: float  # seconds after the load started
     kind: str
@@ -59,6 +59,8 @@ class Injector:
         if kind.startswith("sig"):
             services = self.fleet.services[target]
             target = services[fault.target % len(services)].name
+        elif kind == "client_stops_reading":
+            target = self.monitors[fault.target % len(self.monitors)].name
         async with self._lock(target):
             start = time.monotonic()
             say(f"fault {kind} on {target} (for {fault.pause:.1f}s)")
@@ -94,7 +96,7 @@ class Injector:
             await asyncio.to_thread(fleet.postgres_restart)
         elif kind == "client_stops_reading":
             monitor = self.monitors[fault.target % len(self.monitors)]
-            monitor.stall_s = fault.pause * 4
+            monitor.stall_s = fault.pause * 3  # up to 24 s: past the server's write timeout
             monitor.stall.set()
             await asyncio.sleep(monitor.stall_s)
         else:

@@ -107,14 +107,13 @@ class Fleet:
         logs.mkdir(exist_ok=True)
         for role, n in self.LAYOUT:
             self.services[role] = [Service(role, f"{role}-{i + 1}", self.env, logs) for i in range(n)]
-        # Ingest first: it applies the migrations the others expect.
-        first = self.services["ingest"][0]
-        first.start()
-        first.wait_healthy(180)
-        rest = [s for s in self.all() if s is not first]
-        for s in rest:
+        # As in production, a migration Job runs before the services (they do not migrate).
+        with open(logs / "migrate.log", "ab") as log:
+            subprocess.run([sys.executable, "-m", "atas.cli.main", "migrate"], env=self.env, stdout=log,
+                           stderr=subprocess.STDOUT, check=True, timeout=180)
+        for s in self.all():
             s.start()
-        for s in rest:
+        for s in self.all():
             s.wait_healthy(180)
         say("processes up: " + ", ".join(f"{s.name}={s.port}" for s in self.all()))
 
@@ -173,8 +172,10 @@ class Fleet:
         """``pg_ctl restart -m fast``: sessions are cut, in-flight transactions roll back."""
         pg = self.stack.load_state()["postgres"]
         self._pg_restarted = True
-        subprocess.run([str(Path(pg["bin"]) / "pg_ctl"), "-D", pg["data"], "-m", "fast", "-w", "-t", "60",
-                        "restart"], **_as(pg.get("user")), capture_output=True, check=True)
+        # `-l`: the new postmaster must not inherit our pipes (we would wait for their EOF forever).
+        subprocess.run([str(Path(pg["bin"]) / "pg_ctl"), "-D", pg["data"], "-l", str(self.stack.dir / "postgres.log"),
+                        "-m", "fast", "-w", "-t", "60", "restart"], **_as(pg.get("user")),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=90)
 
     # ------------------------------------------------------------------ stop
     def close(self, *, keep: bool = False) -> None:
@@ -192,7 +193,7 @@ class Fleet:
         if self._pg_restarted and pg and not pg.get("external"):
             # The recorded pid is the first postmaster's; stop the current one by its data folder.
             subprocess.run([str(Path(pg["bin"]) / "pg_ctl"), "-D", pg["data"], "-m", "fast", "-w", "stop"],
-                           **_as(pg.get("user")), capture_output=True)
+                           **_as(pg.get("user")), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=90)
         self.stack.down(purge=not keep)
         if not keep:
             shutil.rmtree(self.dir, ignore_errors=True)
