@@ -139,7 +139,7 @@ async def test_paging_runs_older_then_newer_shows_the_apis_pages(dashboard, new_
 async def test_a_run_started_through_ingest_appears_live_and_its_counters_move_without_reload(dashboard, new_page):
     page = await signed_in(dashboard, new_page)
     await page.goto(f"{dashboard.url}/p/demo/live")
-    await page.wait("document.querySelector('[data-ready=live]') && document.querySelector('[data-k=connection]').textContent.includes('live')")
+    await page.wait("document.querySelector('[data-ready=live]') && document.querySelector('[data-k=connection]')?.textContent.includes('live')")
     assert "No run in progress" in await page.eval("document.body.innerText")
     await page.eval("window.stayed = true")  # gone if the page reloads
     started = time.monotonic()
@@ -171,19 +171,9 @@ async def test_run_detail_shows_attempts_errors_and_attachments_and_follows_the_
          "attachments": [{"uri": "s3://bucket/shot.png", "kind": "screenshot", "content_type": "image/png"},
                          {"uri": "https://ci.example/log.txt", "kind": "log", "name": "console log"}]},
         {"test_id": "login::test_flaky", "name": "test_flaky", "status": "passed", "attempt": 2}]})
-    # A stored attachment (the attachments API): its entry has an id, downloaded through the query route.
-    import asyncpg
-
-    conn = await asyncpg.connect(pg)
-    try:
-        await conn.execute("UPDATE results SET attachments = $1::jsonb WHERE execution_id = $2 AND test_id = 'login::test_ok'",
-                           json.dumps([{"id": "att-1", "name": "page.png", "content_type": "image/png", "uri": "s3://x/page.png"}]),
-                           __import__("uuid").UUID(run_id))
-    finally:
-        await conn.close()
     page = await signed_in(dashboard, new_page)
     await page.goto(f"{dashboard.url}/p/demo/runs/{run_id}")
-    await page.wait("document.querySelector('[data-ready=run]') && document.querySelector('[data-k=connection]').textContent.includes('live')")
+    await page.wait("document.querySelector('[data-ready=run]') && document.querySelector('[data-k=connection]')?.textContent.includes('live')")
     assert "running" in await page.text("[data-k=status]")
     flaky = "tr[data-test='login::test_flaky']"
     assert "2 attempts" in await page.text(flaky)
@@ -194,8 +184,6 @@ async def test_run_detail_shows_attempts_errors_and_attachments_and_follows_the_
     assert "boom" in await page.eval(f"document.querySelector(\"{flaky} details pre.trace\").innerText")
     assert await page.eval(f"document.querySelector(\"{flaky} a.att\").href") == "https://ci.example/log.txt"
     assert await page.text(f"{flaky} .att.uri") == "s3://bucket/shot.png"
-    img = await page.eval("document.querySelector(\"tr[data-test='login::test_ok'] img\").getAttribute('src')")
-    assert img == "/v1/attachments/att-1?project=demo"
     await page.shot("run")
     # Live: a new batch and the finish show up without a reload.
     await page.eval("window.stayed = true")
