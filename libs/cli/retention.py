@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 
@@ -50,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from atas.common.logging import configure_logging
     from atas.common.retention import run_retention
 
+    from .common import run_until_signalled
+
     # Only DB_URL and RETENTION_DAYS matter here: a CronJob need not be given Kafka or a JWT secret.
     try:
         settings = load_settings(mode="dev")
@@ -66,20 +67,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"[retention] {message}", file=sys.stderr, flush=True)
 
     progress(f"keeping {settings.retention_days} days (RETENTION_DAYS)" + ("; dry run" if args.dry_run else ""))
-    try:
-        report = asyncio.run(run_retention(settings.db.dsn, days=settings.retention_days, dry_run=args.dry_run,
-                                           batch=args.batch, lock_timeout_ms=args.lock_timeout_ms,
-                                           progress=progress, storage=settings.storage,
-                                           jwt_secret=settings.jwt_secret))
-    except UNAVAILABLE_ERRORS as exc:
-        print(f"atas: cannot reach the database at {settings.db.redacted()}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(report.to_dict()))
-    else:
-        print(describe(report))
-    return 0
+    async def work() -> int:
+        try:
+            report = await run_retention(settings.db.dsn, days=settings.retention_days, dry_run=args.dry_run,
+                                         batch=args.batch, lock_timeout_ms=args.lock_timeout_ms,
+                                         progress=progress, storage=settings.storage,
+                                         jwt_secret=settings.jwt_secret)
+        except UNAVAILABLE_ERRORS as exc:
+            print(f"atas: cannot reach the database at {settings.db.redacted()}: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return 1
+        print(json.dumps(report.to_dict()) if args.json else describe(report))
+        return 0
+
+    # The CronJob's PID 1, like `atas migrate`: SIGTERM must stop it (each step is one transaction,
+    # rolled back; the next run picks up where this one stopped).
+    return run_until_signalled(work(), "retention")
 
 
 def _size(n: int) -> str:
